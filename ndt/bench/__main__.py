@@ -1,0 +1,34 @@
+"""`python -m ndt.bench [kernel] [overhead]`: print the benchmark ratios measured in this run."""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from ndt.bench.kernel import bench_kernel, report_kernel
+from ndt.bench.overhead import bench_overhead, report_overhead
+from ndt.bench.timing import machine_line
+
+BENCHES = ("kernel", "overhead")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m ndt.bench", description=__doc__)
+    parser.add_argument("which", nargs="*", help=f"benchmarks to run, of {BENCHES} (default: all)")
+    args = parser.parse_args(argv)
+    which = args.which or list(BENCHES)
+    unknown = set(which) - set(BENCHES)
+    if unknown:
+        parser.error(f"unknown benchmark(s) {sorted(unknown)}; choose from {BENCHES}")
+    print(machine_line(), flush=True)
+    if "kernel" in which:
+        print(report_kernel(bench_kernel()), flush=True)
+    if "overhead" in which:
+        print(report_overhead(bench_overhead()), flush=True)
+        if torch.cuda.is_available():
+            print(report_overhead(bench_overhead(device="cuda")), flush=True)
+
+
+if __name__ == "__main__":
+    main()

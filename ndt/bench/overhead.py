@@ -1,0 +1,144 @@
+"""Tracking overhead: training time with vs without the tracker, beside the floor.
+
+The floor is the cost of the bare eigendecompositions the tracker must do (one per layer per
+measurement, on the same Gram matrices), as a share of the untracked training time. Target on CPU:
+overhead within 1.3x of that floor; on CUDA (spectra solved off the training stream): <= 3%.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from ndt.measure.capture import ActivationCapture
+from ndt.measure.spectrum import gram_stats, single_threaded_blas
+from ndt.measure.tracker import HighFrequencyTracker
+from ndt.models import build_model
+
+SAMPLING_FREQUENCY = 5
+
+
+def mlp_784_256_128_10() -> nn.Module:
+    return nn.Sequential(
+        nn.Flatten(), nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 128), nn.ReLU(), nn.Linear(128, 10)
+    )
+
+
+def small_cnn() -> nn.Module:
+    return build_model("cnn_shallow", "mnist")
+
+
+MODELS: dict[str, Callable[[], nn.Module]] = {
+    "mlp 784-256-128-10": mlp_784_256_128_10,
+    "cnn_shallow": small_cnn,
+}
+
+
+@dataclass
+class OverheadRow:
+    model: str
+    device: str
+    batch: int
+    steps: int
+    base_s: float
+    tracked_s: float
+    floor_s: float
+
+    @property
+    def overhead(self) -> float:
+        return self.tracked_s / self.base_s - 1
+
+    @property
+    def floor(self) -> float:
+        return self.floor_s / self.base_s
+
+    @property
+    def ratio(self) -> float:
+        return self.overhead / self.floor if self.floor > 0 else float("nan")
+
+
+def _train(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int, steps: int, tracked: bool
+) -> float:
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    n = x.shape[0]
+    sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
+    with tempfile.TemporaryDirectory() as tmp:
+        sync()
+        t0 = time.perf_counter()
+        tracker = HighFrequencyTracker(model, SAMPLING_FREQUENCY, writer=f"{tmp}/m") if tracked else None
+        for step in range(steps):
+            lo = (step * batch) % (n - batch)
+            loss = nn.functional.cross_entropy(model(x[lo : lo + batch]), y[lo : lo + batch])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if tracker is not None:
+                tracker.log(step, loss.detach())
+        if tracker is not None:
+            tracker.close()  # flushing included
+        sync()
+        return time.perf_counter() - t0
+
+
+def _eig_floor(model: nn.Module, x: torch.Tensor, batch: int, measurements: int, repeats: int = 20) -> float:
+    """Seconds the bare eigendecompositions of `measurements` measurements take (host, float64, batched)."""
+    with ActivationCapture(model, transform=gram_stats) as cap:
+        model(x[:batch])
+    groups: dict[int, list[np.ndarray]] = {}
+    for st in cap.activations.values():
+        g = st.gram.cpu().numpy()
+        groups.setdefault(g.shape[0], []).append(g)
+    stacks = [np.stack(v) for v in groups.values()]
+    best = float("inf")
+    for _ in range(repeats + 1):  # the first is a warm-up
+        t = time.perf_counter()
+        with single_threaded_blas():
+            for s in stacks:
+                np.linalg.eigvalsh(s)
+        best = min(best, time.perf_counter() - t)
+    return best * measurements
+
+
+def bench_overhead(
+    batches: tuple[int, ...] = (32, 128), steps: int = 400, repeats: int = 3, device: str = "cpu"
+) -> list[OverheadRow]:
+    """Time untracked and tracked training (interleaved, best of `repeats`) for each model and batch."""
+    rows = []
+    gen = torch.Generator().manual_seed(0)
+    x_all = torch.randn(4096, 1, 28, 28, generator=gen).to(device)
+    y_all = torch.randint(0, 10, (4096,), generator=gen).to(device)
+    for name, make in MODELS.items():
+        for batch in batches:
+            torch.manual_seed(0)
+            model = make().to(device)
+            n_steps = steps if name.startswith("mlp") else max(steps // 4, 50)
+            base, tracked = float("inf"), float("inf")
+            _train(model, x_all, y_all, batch, 20, tracked=False)  # warm-up
+            for _ in range(repeats):
+                base = min(base, _train(model, x_all, y_all, batch, n_steps, tracked=False))
+                tracked = min(tracked, _train(model, x_all, y_all, batch, n_steps, tracked=True))
+            measurements = len(range(0, n_steps, SAMPLING_FREQUENCY))
+            floor = _eig_floor(model, x_all, batch, measurements)
+            rows.append(OverheadRow(name, device, batch, n_steps, base, tracked, floor))
+    return rows
+
+
+def report_overhead(rows: list[OverheadRow]) -> str:
+    lines = [
+        f"tracking overhead (sampling_frequency={SAMPLING_FREQUENCY}, flush and close included; "
+        "target CPU <= 1.3x floor, CUDA <= 3%):"
+    ]
+    for r in rows:
+        lines.append(
+            f"  {r.model:20s} {r.device:4s} batch {r.batch:4d}: untracked {r.base_s:6.2f} s, tracked "
+            f"{r.tracked_s:6.2f} s -> overhead {100 * r.overhead:5.1f}%; eig floor {100 * r.floor:5.1f}%; "
+            f"overhead/floor {r.ratio:4.2f}x"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,83 @@
+"""What a model needs to know about a dataset, without loading it.
+
+One definition per dataset name (the `conf/dataset/` option names). Models are built from a
+`DatasetSpec`; loaders return data matching it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+Modality = Literal["image", "text"]
+#: How examples reach the model: images as pixels; AG News as token ids through a learned
+#: `nn.Embedding` ("embedding", the default) or as the study's 100 ids cast to float ("raw_ids").
+Encoding = Literal["pixels", "embedding", "raw_ids"]
+
+#: AG News vocabulary: {PAD: 0, UNK: 1} + the 5,000 most frequent training tokens.
+AG_NEWS_VOCAB_SIZE = 5_002
+#: AG News sequences are cut or padded to this many tokens.
+AG_NEWS_SEQ_LEN = 100
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """Shape and kind of one dataset's examples.
+
+    Attributes:
+        name: config option name (`mnist`, `fashion_mnist`, `qmnist`, `ag_news`, `digits`).
+        modality: "image" or "text".
+        input_shape: shape of one example as the model receives it, e.g. (1, 28, 28) or (100,).
+        num_classes: number of labels.
+        encoding: "pixels" for images; "embedding" or "raw_ids" for text.
+        vocab_size: token vocabulary size (text only), PAD=0 and UNK=1 included.
+    """
+
+    name: str
+    modality: Modality
+    input_shape: tuple[int, ...]
+    num_classes: int
+    encoding: Encoding = "pixels"
+    vocab_size: int | None = None
+
+    @property
+    def num_inputs(self) -> int:
+        """Number of values in one example (784 for 1x28x28, 100 for AG News)."""
+        return math.prod(self.input_shape)
+
+
+_IMAGE = {"modality": "image", "input_shape": (1, 28, 28), "num_classes": 10, "encoding": "pixels"}
+
+_SPECS: dict[str, dict[str, object]] = {
+    "mnist": _IMAGE,
+    "fashion_mnist": _IMAGE,
+    "qmnist": _IMAGE,
+    "digits": _IMAGE,
+    "ag_news": {
+        "modality": "text",
+        "input_shape": (AG_NEWS_SEQ_LEN,),
+        "num_classes": 4,
+        "encoding": "embedding",
+        "vocab_size": AG_NEWS_VOCAB_SIZE,
+    },
+}
+
+DATASET_NAMES: tuple[str, ...] = tuple(_SPECS)
+
+
+def dataset_spec(name: str, encoding: Encoding | None = None) -> DatasetSpec:
+    """Return the spec of dataset `name`, optionally with another text `encoding`.
+
+    Raises:
+        ValueError: unknown name, or an encoding that does not apply to the dataset.
+    """
+    if name not in _SPECS:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASET_NAMES)}")
+    spec = DatasetSpec(name=name, **_SPECS[name])  # type: ignore[arg-type]
+    if encoding is None or encoding == spec.encoding:
+        return spec
+    if spec.modality == "text" and encoding in ("embedding", "raw_ids"):
+        return DatasetSpec(**{**spec.__dict__, "encoding": encoding})
+    valid = "embedding, raw_ids" if spec.modality == "text" else "pixels"
+    raise ValueError(f"dataset {name!r} has no encoding {encoding!r}; valid: {valid} (key dataset.encoding)")

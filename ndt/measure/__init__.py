@@ -1,0 +1,1 @@
+"""Measurement: activation capture, the spectral metrics and the tracker."""

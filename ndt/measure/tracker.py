@@ -1,0 +1,460 @@
+"""HighFrequencyTracker: per-layer dimensionality every N steps, streamed to Parquet, with jumps.
+
+Usage (the study's example)::
+
+    tracker = HighFrequencyTracker(model, sampling_frequency=5)
+    for epoch in range(num_epochs):
+        for batch in dataloader:
+            loss = train_step(batch)
+            tracker.log(step, loss.item())
+    jumps = tracker.detect_jumps(metric="stable_rank")
+
+What happens at a measured step (a multiple of ``sampling_frequency``):
+
+1. Activations. Without a probe: forward hooks, armed only for the forward that precedes a
+   measured step, reduce each layer output to (n, k) and form its float64 Gram statistics right there
+   (no copy of the activations is kept, so in-place ops later cannot alter them). With a probe: at
+   `log` the model runs the probe in eval mode under ``no_grad``, then returns to its previous mode.
+2. One transfer: all Gram statistics, loss and gradient norm are packed into one float64 buffer; on
+   CUDA it is copied to pinned host memory asynchronously and a worker thread waits for the copy, so
+   the training stream never waits.
+3. Spectra are solved in batches of `flush_every` measurements (one LAPACK call per Gram shape, every
+   metric vectorised over the batch), then the rows go to a `MetricsWriter` and reach disk as one
+   closed Parquet part. On CPU this happens inline (a second thread would only compete for the same
+   cores); on CUDA on the worker thread.
+
+Between measured steps the hooks return at once: no copies, no synchronisation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import queue
+import threading
+import time
+import uuid
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from ndt.analysis.jumps import JumpDetector, Jumps
+from ndt.measure.capture import ActivationCapture, LayerSelector, SequenceReduction
+from ndt.measure.spectrum import GramStats, gram_stats, metrics_from_stats, validate_metric_names
+from ndt.storage.parquet import MetricsWriter
+from ndt.storage.schema import METRIC_COLUMNS
+
+log = logging.getLogger(__name__)
+
+
+_DRAIN = "drain"  # worker-queue request: solve whatever is buffered now
+_STOP = "stop"  # worker-queue request: exit
+
+
+@dataclass
+class _Measurement:
+    """One measurement waiting for its spectra. Host arrays are valid once `ready` has fired."""
+
+    step: int
+    epoch: int
+    wall_time: float
+    layers: list[str]
+    layer_index: np.ndarray  # (L,) int16
+    n_samples: np.ndarray  # (L,) int32
+    n_features: np.ndarray  # (L,) int32
+    sizes: list[int]  # Gram side m of each layer
+    flat: torch.Tensor  # host float64: each layer's GramStats.flat(), then loss, grad_norm
+    ready: torch.cuda.Event | None  # fires when `flat` has landed (CUDA); None on CPU
+
+
+class HighFrequencyTracker:
+    """Measure the dimensionality of every layer's representations during training.
+
+    Args:
+        model: the network being trained.
+        sampling_frequency: measure at steps that are multiples of this (the study: 5).
+        layers: which modules; see `ndt.measure.capture.select_layers` (default: every Linear/Conv
+            output, pre-activation, and each MultiheadAttention output).
+        probe: a fixed batch (a tensor, or a tuple/list whose first element is the input) measured
+            in eval mode under no_grad at each measured step; None measures the training forward
+            that preceded the step (no extra forward).
+        metrics: names from `ndt.measure.spectrum.METRICS`; the other metric columns are left null.
+        writer: a directory for the Parquet parts, a `MetricsWriter`, or None (rows kept in memory).
+        run_id, arch, dataset, seed: identifiers written on every row (arch defaults to the model's
+            class name, run_id to a fresh unique id).
+        center: centre activations before the decomposition (the study did not).
+        sequence_reduction: how (B, S, F) outputs become matrices; see `ndt.measure.capture`.
+        flush_every: measurements buffered before a Parquet part is written.
+        background: solve spectra on a worker thread; default: on CUDA only.
+
+    Use it as a context manager, or call `close()`, so the last rows reach disk.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        sampling_frequency: int = 5,
+        layers: LayerSelector = None,
+        probe: torch.Tensor | Sequence[Any] | None = None,
+        metrics: Sequence[str] = METRIC_COLUMNS,
+        writer: str | os.PathLike[str] | MetricsWriter | None = None,
+        *,
+        run_id: str | None = None,
+        arch: str | None = None,
+        dataset: str = "",
+        seed: int | None = None,
+        center: bool = False,
+        sequence_reduction: SequenceReduction | str = "token_mean",
+        flush_every: int = 50,
+        background: bool | None = None,
+    ) -> None:
+        if sampling_frequency < 1:
+            raise ValueError(
+                f"sampling_frequency must be a positive number of steps, got {sampling_frequency}"
+            )
+        self.model = model
+        self.sampling_frequency = int(sampling_frequency)
+        self.metrics = validate_metric_names(metrics)
+        self.center = center
+        self.run_info = {
+            "run_id": run_id or f"{arch or type(model).__name__}__{uuid.uuid4().hex[:8]}",
+            "arch": arch or type(model).__name__,
+            "dataset": dataset,
+            "seed": seed,
+        }
+        self.writer = writer if isinstance(writer, MetricsWriter) else MetricsWriter(writer, flush_every)
+        self.probe = self._probe_input(probe)
+        self.capture = ActivationCapture(
+            model,
+            layers,
+            sequence_reduction=sequence_reduction,
+            transform=gram_stats,
+            grad_enabled_only=self.probe is None,
+        ).attach()
+        self._layer_index = {name: i for i, name in enumerate(self.capture.layer_names)}
+        # Armed for the first forward: the first logged step is usually 0, a measured step.
+        self.capture.enabled = self.probe is None
+        self.epoch = 0
+        self.n_measurements = 0
+        self._last_step: int | None = None
+        self._t0 = time.perf_counter()
+        self._warned_nonfinite: set[str] = set()
+        self._warned_missing = False
+        self.flush_every = flush_every
+        self._pending: list[_Measurement] = []  # measured, spectra not yet solved
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        self.background = device.type == "cuda" if background is None else background
+        self._queue: queue.Queue[_Measurement | str] | None = None
+        self._worker: threading.Thread | None = None
+        self._worker_error: BaseException | None = None
+        self.closed = False
+
+    # ------------------------------------------------------------------ public API
+
+    @property
+    def layer_names(self) -> list[str]:
+        """The measured layers, in model order (their position is the row's ``layer_index``)."""
+        return list(self.capture.layer_names)
+
+    def is_measured_step(self, step: int) -> bool:
+        """Whether `log(step)` takes a measurement."""
+        return step % self.sampling_frequency == 0
+
+    def log(
+        self,
+        step: int,
+        loss: float | torch.Tensor | None = None,
+        *,
+        epoch: int | None = None,
+        grad_norm: float | torch.Tensor | None = None,
+    ) -> bool:
+        """Record training step `step` (call once per optimizer step, after it).
+
+        Args:
+            step: the optimizer step just taken (0-based in the study).
+            loss: the step's loss; a tensor stays on its device until the measurement's one transfer.
+            epoch: current epoch; remembered for later calls that omit it.
+            grad_norm: global gradient norm; default: computed from the parameters' ``.grad`` when the
+                step is measured (NaN when the gradients were already cleared).
+
+        Returns:
+            True when this step was measured.
+        """
+        if self.closed:
+            raise RuntimeError("this tracker is closed; create a new HighFrequencyTracker to keep measuring")
+        self._raise_worker_error()
+        if epoch is not None:
+            self.epoch = int(epoch)
+        self._last_step = step
+        measured = self.is_measured_step(step)
+        if measured:
+            self._measure(step, loss, grad_norm)
+        # Arm the hooks for the next forward only when the next step (step + 1) is measured.
+        self.capture.clear()
+        self.capture.enabled = self.probe is None and self.is_measured_step(step + 1)
+        return measured
+
+    def measure_now(self, step: int, loss: float | torch.Tensor | None = None) -> None:
+        """Measure at `step` regardless of the sampling frequency (needs a probe)."""
+        if self.probe is None:
+            raise ValueError("measure_now needs a probe: without one there is no forward to measure")
+        self._measure(step, loss, None)
+
+    def flush(self) -> None:
+        """Finish pending spectra and write every buffered row to disk."""
+        self._drain()
+        self.writer.flush()
+
+    def get_results(self) -> pd.DataFrame:
+        """All rows so far: one per (step, layer), columns as in `ndt.storage.schema`."""
+        self._drain()
+        return self.writer.read()
+
+    def series(self, metric: str = "participation_ratio", layer: str | None = None) -> pd.Series:
+        """A metric over steps: the mean over measured layers (the study's), or one layer's.
+
+        Returns:
+            Series indexed by step.
+        """
+        validate_metric_names([metric])
+        df = self.get_results()
+        if layer is not None:
+            if layer not in self._layer_index:
+                raise KeyError(f"layer {layer!r} is not measured; measured layers: {self.layer_names}")
+            df = df[df["layer"] == layer]
+        return df.groupby("step", sort=True)[metric].mean()
+
+    def detect_jumps(
+        self, metric: str = "stable_rank", layer: str | None = None, detector: JumpDetector | None = None
+    ) -> Jumps:
+        """Jumps of `metric` on the layer-mean series (default) or one layer's, sorted by step."""
+        s = self.series(metric, layer)
+        return (detector or JumpDetector()).detect(s.to_numpy(), s.index.to_numpy())
+
+    def close(self) -> None:
+        """Finish pending work, remove the hooks and flush every row to disk (idempotent)."""
+        if self.closed:
+            return
+        try:
+            self._drain()
+        finally:
+            if self._worker is not None and self._queue is not None:
+                self._queue.put(_STOP)
+                self._worker.join()
+            self.capture.remove()
+            self.writer.close()
+            self.closed = True
+
+    def __enter__(self) -> HighFrequencyTracker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        # Last resort: a tracker dropped without close() still leaves its rows on disk.
+        if not getattr(self, "closed", True):
+            with contextlib.suppress(Exception):  # never raise from a finaliser
+                self.close()
+
+    # ------------------------------------------------------------------ internals
+
+    def _probe_input(self, probe: torch.Tensor | Sequence[Any] | None) -> torch.Tensor | None:
+        if probe is None:
+            return None
+        x = probe[0] if isinstance(probe, tuple | list) else probe
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"probe must be a tensor or (inputs, targets); got {type(x).__name__}")
+        device = next((p.device for p in self.model.parameters()), torch.device("cpu"))
+        return x.to(device)
+
+    def _run_probe(self) -> None:
+        was_training = self.model.training
+        self.capture.clear()
+        self.capture.enabled = True
+        try:
+            self.model.eval()
+            with torch.no_grad():
+                self.model(self.probe)
+        finally:
+            self.capture.enabled = False
+            self.model.train(was_training)
+
+    def _grad_norm(self) -> torch.Tensor | None:
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        if not grads:
+            return None
+        return torch.nn.utils.get_total_norm(grads, norm_type=2.0)
+
+    def _measure(
+        self, step: int, loss: float | torch.Tensor | None, grad_norm: float | torch.Tensor | None
+    ) -> None:
+        wall_time = time.perf_counter() - self._t0
+        if self.probe is not None:
+            self._run_probe()
+        stats: dict[str, GramStats] = dict(self.capture.activations)
+        if not stats:
+            if not self._warned_missing:
+                warnings.warn(
+                    f"step {step}: no activations were captured, so it is not measured. Call log() once "
+                    "per optimizer step with consecutive step numbers (the hooks are armed for step + 1), "
+                    "or pass a probe batch.",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+                self._warned_missing = True
+            return
+        if grad_norm is None:
+            grad_norm = self._grad_norm()
+        names = [n for n in self.capture.layer_names if n in stats]
+        ordered = [stats[n] for n in names]
+        flat = self._pack(ordered, loss, grad_norm)
+        ready = None
+        if flat.device.type == "cuda":
+            host = torch.empty(flat.shape, dtype=flat.dtype, pin_memory=True)
+            host.copy_(flat, non_blocking=True)  # the measurement's one device-to-host transfer
+            ready = torch.cuda.Event()
+            ready.record()
+            flat = host
+        m = _Measurement(
+            step=int(step),
+            epoch=self.epoch,
+            wall_time=wall_time,
+            layers=names,
+            layer_index=np.array([self._layer_index[n] for n in names], dtype=np.int16),
+            n_samples=np.array([s.n_samples for s in ordered], dtype=np.int32),
+            n_features=np.array([s.n_features for s in ordered], dtype=np.int32),
+            sizes=[s.gram.shape[0] for s in ordered],
+            flat=flat,
+            ready=ready,
+        )
+        self.n_measurements += 1
+        if self.background:
+            self._submit(m)
+        else:
+            self._pending.append(m)
+            if len(self._pending) >= self.flush_every:
+                self._solve_pending()
+
+    @staticmethod
+    def _pack(stats: list[GramStats], loss: Any, grad_norm: Any) -> torch.Tensor:
+        """Every layer's statistics, then loss and grad norm, in one float64 vector on their device."""
+        device = stats[0].gram.device
+
+        def scalar(v: Any) -> torch.Tensor:
+            v = math.nan if v is None else v
+            if isinstance(v, torch.Tensor):
+                return v.detach().to(device=device, dtype=torch.float64).reshape(1)
+            return torch.tensor([v], dtype=torch.float64, device=device)
+
+        return torch.cat([*(s.flat() for s in stats), scalar(loss), scalar(grad_norm)])
+
+    def _solve_pending(self) -> None:
+        """Solve the buffered measurements' spectra in one batch, write their rows, flush a part."""
+        batch, self._pending = self._pending, []
+        if not batch:
+            return
+        flats, sizes, n_samples, n_features, losses, grad_norms, n_layers = [], [], [], [], [], [], []
+        for m in batch:
+            if m.ready is not None:
+                m.ready.synchronize()  # this copy only; on the worker thread
+            flat = m.flat.numpy()
+            offset = 0
+            for size in m.sizes:
+                step = size * size + size + 1
+                flats.append(flat[offset : offset + step])
+                offset += step
+            losses.append(flat[offset])
+            grad_norms.append(flat[offset + 1])
+            sizes += m.sizes
+            n_samples.append(m.n_samples)
+            n_features.append(m.n_features)
+            n_layers.append(len(m.sizes))
+        values, finite = metrics_from_stats(
+            flats,
+            sizes,
+            np.concatenate(n_samples),
+            np.concatenate(n_features),
+            center=self.center,
+            metrics=self.metrics,
+        )
+        layers = np.concatenate([np.asarray(m.layers, dtype=object) for m in batch])
+        steps = np.repeat([m.step for m in batch], n_layers)
+        for name, step in zip(layers[~finite], steps[~finite], strict=True):
+            if name not in self._warned_nonfinite:
+                self._warned_nonfinite.add(name)
+                warnings.warn(
+                    f"layer {name!r} has NaN/Inf activations at step {step}: its metrics are NaN there "
+                    "(further occurrences in this layer are not reported); training goes on",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+        not_computed = np.full(len(layers), None, dtype=object)  # written as null
+        self.writer.append(
+            {
+                **self.run_info,
+                "step": steps,
+                "epoch": np.repeat([m.epoch for m in batch], n_layers),
+                "layer": layers,
+                "layer_index": np.concatenate([m.layer_index for m in batch]),
+                "n_samples": np.concatenate(n_samples),
+                "n_features": np.concatenate(n_features),
+                "loss": np.repeat(losses, n_layers),
+                "grad_norm": np.repeat(grad_norms, n_layers),
+                **{name: values.get(name, not_computed) for name in METRIC_COLUMNS},
+                "wall_time": np.repeat([m.wall_time for m in batch], n_layers),
+            },
+            measurements=len(batch),
+        )
+
+    # Worker thread (CUDA by default): bounded queue so a slow host cannot hoard device memory.
+
+    def _submit(self, m: _Measurement) -> None:
+        if self._worker is None:
+            self._queue = queue.Queue(maxsize=64)
+            self._worker = threading.Thread(target=self._work, name="ndt-spectra", daemon=True)
+            self._worker.start()
+        assert self._queue is not None
+        self._queue.put(m)
+
+    def _work(self) -> None:
+        assert self._queue is not None
+        while True:
+            m = self._queue.get()
+            try:
+                if self._worker_error is not None:
+                    continue  # keep consuming so that _drain's join() returns; the error is re-raised
+                if m == _STOP:
+                    return
+                if m == _DRAIN:
+                    self._solve_pending()
+                elif isinstance(m, _Measurement):
+                    self._pending.append(m)
+                    if len(self._pending) >= self.flush_every:
+                        self._solve_pending()
+            except BaseException as e:
+                self._worker_error = e
+            finally:
+                self._queue.task_done()
+
+    def _drain(self) -> None:
+        """Solve and write every measurement taken so far."""
+        if self._queue is not None:
+            self._queue.put(_DRAIN)
+            self._queue.join()
+        else:
+            self._solve_pending()
+        self._raise_worker_error()
+
+    def _raise_worker_error(self) -> None:
+        if self._worker_error is not None:
+            err, self._worker_error = self._worker_error, None
+            raise RuntimeError(f"measurement failed on the spectra worker: {err}") from err

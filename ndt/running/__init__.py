@@ -1,0 +1,1 @@
+"""Running: training one experiment, sweeps, checkpoints and the run directory layout."""

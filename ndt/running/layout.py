@@ -1,0 +1,92 @@
+"""The one definition of a run directory: names, files, and the run record (``run.json``).
+
+A sweep directory holds one directory per run, named by its choices::
+
+    results/<sweep_name>/
+        <arch>__<dataset>__s<seed>/
+            metrics/part-00000.parquet ...   metric rows (schema: ndt.storage.schema)
+            run.json                         the run record (RUN_KEYS below), rewritten atomically
+            checkpoints/step_000100.pt ...   model, optimizer, RNG and data position
+            run.log                          the run's log
+            COMPLETE                         marker, written last: the run finished and its files are final
+
+``run.json`` keys (at least): status ("running", "complete", "failed", "skipped"), arch, dataset, seed,
+family, depth, width, params, final_accuracy, n_measurements, device, git_commit, versions, timings,
+config (the resolved config), error (failed/skipped runs: the reason).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+METRICS_DIR = "metrics"
+RUN_JSON = "run.json"
+CHECKPOINT_DIR = "checkpoints"
+LOG_FILE = "run.log"
+DONE_MARKER = "COMPLETE"
+
+#: Values of run.json's ``status``.
+STATUSES = ("running", "complete", "failed", "skipped")
+
+#: Keys every run.json written by the runner holds.
+RUN_KEYS = (
+    "status",
+    "arch",
+    "dataset",
+    "seed",
+    "family",
+    "depth",
+    "width",
+    "params",
+    "final_accuracy",
+    "n_measurements",
+    "device",
+    "git_commit",
+    "versions",
+    "timings",
+    "config",
+)
+
+
+def run_name(arch: str, dataset: str, seed: int | None) -> str:
+    """``<arch>__<dataset>__s<seed>`` (``s-`` when the seed is unknown, e.g. imported legacy runs)."""
+    return f"{arch}__{dataset}__s{'-' if seed is None else seed}"
+
+
+def iter_run_dirs(sweep_dir: str | os.PathLike[str]) -> Iterator[Path]:
+    """Run directories of a sweep (those holding a run.json), sorted by name."""
+    root = Path(sweep_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"no sweep directory at {root}")
+    yield from sorted(p.parent for p in root.glob(f"*/{RUN_JSON}"))
+
+
+def read_run_json(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """The run record of `run_dir`.
+
+    Raises:
+        FileNotFoundError: `run_dir` is not an ndt run (no run.json).
+    """
+    path = Path(run_dir) / RUN_JSON
+    if not path.is_file():
+        raise FileNotFoundError(f"{Path(run_dir)} is not an ndt run directory: it has no {RUN_JSON}")
+    with path.open() as f:
+        data: dict[str, Any] = json.load(f)
+    return data
+
+
+def write_run_json(run_dir: str | os.PathLike[str], record: dict[str, Any]) -> None:
+    """Write run.json atomically (a reader sees the old or the new record, never half of one)."""
+    path = Path(run_dir) / RUN_JSON
+    tmp = path.with_name(f".{RUN_JSON}.tmp")
+    tmp.write_text(json.dumps(record, indent=2, sort_keys=False, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def is_complete(run_dir: str | os.PathLike[str]) -> bool:
+    """Whether the run finished (its completion marker exists)."""
+    return (Path(run_dir) / DONE_MARKER).is_file()

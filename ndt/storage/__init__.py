@@ -1,0 +1,1 @@
+"""Storage: the metrics row schema and its Parquet writer/reader."""

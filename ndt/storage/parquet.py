@@ -1,0 +1,225 @@
+"""Streaming metric rows to Parquet in closed, always-readable pieces.
+
+A metrics store is a directory of part files (``part-00000.parquet``, ``part-00001.parquet``, ...),
+each written whole to a hidden temporary name and renamed into place, so a reader never sees a
+half-written file and a crash loses at most the rows not yet flushed. ``pandas.read_parquet(path)``
+reads the directory; `read_metrics` does too and also checks the schema and sorts the rows.
+
+Rows are buffered as numpy columns and turned into one Arrow table per flush: no per-row Python objects.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from ndt.storage.schema import COLUMNS, METRICS_SCHEMA
+
+PART_GLOB = "part-*.parquet"
+
+
+def _part_name(index: int) -> str:
+    return f"part-{index:05d}.parquet"
+
+
+def list_parts(path: str | os.PathLike[str]) -> list[Path]:
+    """The part files of a metrics store, in write order."""
+    return sorted(Path(path).glob(PART_GLOB))
+
+
+def _atomic_write(table: pa.Table, dest: Path) -> None:
+    # A leading dot hides the temporary from pyarrow/pandas readers (their default ignore_prefixes).
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    pq.write_table(table, tmp, compression="zstd")
+    os.replace(tmp, dest)  # atomic on POSIX: the part appears complete or not at all
+
+
+def rows_to_table(columns: Mapping[str, Sequence[object] | np.ndarray]) -> pa.Table:
+    """Build a schema-conforming table from column arrays (every schema column must be present).
+
+    Raises:
+        ValueError: a column is missing or unknown, or the columns differ in length.
+    """
+    missing = [c for c in COLUMNS if c not in columns]
+    extra = [c for c in columns if c not in COLUMNS]
+    if missing or extra:
+        raise ValueError(
+            f"metric rows must have exactly the schema columns; missing {missing}, unknown {extra}"
+        )
+    # from_pandas stays off: a NaN metric (non-finite activations) stays NaN, while None (a metric not
+    # computed) becomes null.
+    arrays = [pa.array(columns[f.name], type=f.type) for f in METRICS_SCHEMA]
+    return pa.Table.from_arrays(arrays, schema=METRICS_SCHEMA)
+
+
+class MetricsWriter:
+    """Buffered writer of metric rows; thread-safe.
+
+    Args:
+        path: directory of the store, created if absent; None keeps the rows in memory only.
+        flush_every: write a part after this many `append` calls (measurements) at the latest.
+        resume_after_step: open an existing store to continue a run: rows with ``step`` greater than
+            this are removed first (they belong to steps the resumed run will redo). Without it, a
+            store that already holds parts is refused rather than mixed with new rows.
+
+    Raises:
+        FileExistsError: ``path`` already holds parts and ``resume_after_step`` is None.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str] | None,
+        flush_every: int = 50,
+        *,
+        resume_after_step: int | None = None,
+    ) -> None:
+        if flush_every < 1:
+            raise ValueError(f"flush_every must be >= 1, got {flush_every}")
+        self.path = Path(path) if path is not None else None
+        self.flush_every = flush_every
+        self._lock = threading.Lock()
+        self._pending: list[dict[str, np.ndarray]] = []
+        self._pending_measurements = 0
+        self._memory: list[pa.Table] = []
+        self._next_part = 0
+        self.closed = False
+        if self.path is None:
+            return
+        self.path.mkdir(parents=True, exist_ok=True)
+        for stray in self.path.glob(".part-*.tmp"):  # left by a crash during a write: never complete
+            stray.unlink()
+        parts = list_parts(self.path)
+        if parts and resume_after_step is None:
+            raise FileExistsError(
+                f"{self.path} already holds {len(parts)} metric part(s) from an earlier run; write to a new "
+                "path, delete that one, or resume it (resume_after_step=<last checkpointed step>)"
+            )
+        if resume_after_step is not None:
+            self._truncate_after(parts, resume_after_step)
+        self._next_part = max((int(p.stem.split("-")[1]) for p in list_parts(self.path)), default=-1) + 1
+
+    def _truncate_after(self, parts: list[Path], step: int) -> None:
+        """Drop rows with step > `step`; each rewrite is atomic, so a crash here loses nothing kept."""
+        for part in parts:
+            table = pq.read_table(part, schema=METRICS_SCHEMA)
+            keep = pa.compute.less_equal(table["step"], pa.scalar(step, pa.int64()))
+            kept = table.filter(keep)
+            if kept.num_rows == table.num_rows:
+                continue
+            if kept.num_rows == 0:
+                part.unlink()
+            else:
+                _atomic_write(kept, part)
+
+    def append(self, columns: Mapping[str, object], measurements: int = 1) -> None:
+        """Buffer rows and flush when `flush_every` measurements are buffered.
+
+        Args:
+            columns: {schema column: scalar or (L,) array}; scalars apply to all L rows.
+            measurements: how many measurements these rows hold (for the flush cadence).
+        """
+        lengths = {np.size(v) for v in columns.values() if np.ndim(v) > 0}  # type: ignore[arg-type]
+        if len(lengths) > 1:
+            raise ValueError(f"columns of one append must share one length, got lengths {sorted(lengths)}")
+        n_rows = lengths.pop() if lengths else 1
+        rows = {name: _full(v, n_rows) for name, v in columns.items()}
+        with self._lock:
+            if self.closed:
+                raise RuntimeError("this MetricsWriter is closed; open a new one to write more rows")
+            self._pending.append(rows)
+            self._pending_measurements += measurements
+            if self._pending_measurements >= self.flush_every:
+                self._flush_locked()
+
+    def _pending_table(self) -> pa.Table | None:
+        if not self._pending:
+            return None
+        missing = [c for c in COLUMNS if c not in self._pending[0]]
+        if missing:
+            raise ValueError(f"metric rows lack the schema column(s) {missing}")
+        return rows_to_table({name: np.concatenate([p[name] for p in self._pending]) for name in COLUMNS})
+
+    def _flush_locked(self) -> None:
+        table = self._pending_table()
+        if table is None:
+            return
+        if self.path is None:
+            self._memory.append(table)
+        else:
+            _atomic_write(table, self.path / _part_name(self._next_part))
+            self._next_part += 1
+        self._pending = []
+        self._pending_measurements = 0
+
+    def flush(self) -> None:
+        """Write the buffered rows now, as one closed part."""
+        with self._lock:
+            self._flush_locked()
+
+    def close(self) -> None:
+        """Flush and refuse further rows (idempotent)."""
+        with self._lock:
+            if not self.closed:
+                self._flush_locked()
+                self.closed = True
+
+    def read(self) -> pd.DataFrame:
+        """Every row written so far (flushed or buffered), sorted by step then layer_index."""
+        with self._lock:
+            tables = list(self._memory)
+            if self.path is not None and list_parts(self.path):
+                tables.append(_read_table(self.path))
+            pending = self._pending_table()
+            if pending is not None:
+                tables.append(pending)
+        if not tables:
+            return empty_frame()
+        return _to_frame(pa.concat_tables(tables))
+
+
+def _full(value: object, n_rows: int) -> np.ndarray:
+    """A scalar or (n_rows,) array as an (n_rows,) array; strings and None as object arrays."""
+    arr = np.asarray(value, dtype=object if value is None or isinstance(value, str) else None)
+    return np.broadcast_to(arr, (n_rows,)) if arr.ndim == 0 else arr
+
+
+def _read_table(path: Path) -> pa.Table:
+    dataset = ds.dataset(path, format="parquet", schema=METRICS_SCHEMA)
+    return dataset.to_table()
+
+
+def _to_frame(table: pa.Table) -> pd.DataFrame:
+    table = table.unify_dictionaries().combine_chunks()
+    df = table.to_pandas()
+    return df.sort_values(["run_id", "step", "layer_index"], kind="stable").reset_index(drop=True)
+
+
+def empty_frame() -> pd.DataFrame:
+    """A zero-row DataFrame with the metrics columns and dtypes."""
+    return METRICS_SCHEMA.empty_table().to_pandas()
+
+
+def read_metrics(path: str | os.PathLike[str]) -> pd.DataFrame:
+    """Read a metrics store (directory of parts, or one Parquet file) into a DataFrame.
+
+    Returns:
+        One row per (run, step, layer), sorted by run_id, step and layer_index, columns as in
+        `ndt.storage.schema`.
+
+    Raises:
+        FileNotFoundError: nothing at ``path``.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"no metrics at {p}: expected a directory of part-*.parquet files")
+    if p.is_dir() and not list_parts(p):
+        return empty_frame()
+    return _to_frame(_read_table(p))

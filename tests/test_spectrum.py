@@ -1,0 +1,126 @@
+"""Metric formulas on matrices whose spectra are known by hand, and against numpy's float64 SVD."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from ndt.measure.spectrum import METRICS, compute_metrics
+from ndt.storage.schema import METRIC_COLUMNS
+
+
+def svd_reference(a: np.ndarray) -> dict[str, float]:
+    """The definitions, written directly on numpy's float64 SVD (independent of ndt's Gram path)."""
+    s = np.linalg.svd(a.astype(np.float64), compute_uv=False)
+    e = s**2
+    cum = np.cumsum(e) / e.sum()
+    p = s / s.sum()
+    p = p[p > 0]
+    cov = np.cov(a.astype(np.float64), rowvar=False)
+    lam = np.linalg.eigvalsh(np.atleast_2d(cov))
+    return {
+        "stable_rank": e.sum() / e[0],
+        "participation_ratio": s.sum() ** 2 / e.sum(),
+        "cumulative_energy_90": min(1 + int((cum < 0.9).sum()), len(s)),
+        "nuclear_norm_ratio": s.sum() / s[0],
+        "pr_eigen": lam.sum() ** 2 / (lam**2).sum(),
+        "effective_rank": math.exp(-(p * np.log(p)).sum()),
+    }
+
+
+def test_registry_matches_schema() -> None:
+    assert tuple(METRICS) == METRIC_COLUMNS
+
+
+def test_rank_one_matrix() -> None:
+    # A = u v^T: a single singular value |u||v|, so every ratio is 1 and 90% energy needs 1 value.
+    u = torch.tensor([1.0, 2.0, 2.0])  # |u| = 3
+    v = torch.tensor([0.0, 3.0, 4.0, 0.0])  # |v| = 5
+    m = compute_metrics(torch.outer(u, v))
+    assert m["stable_rank"] == pytest.approx(1.0, rel=1e-12)
+    assert m["participation_ratio"] == pytest.approx(1.0, rel=1e-12)
+    assert m["cumulative_energy_90"] == 1
+    assert m["nuclear_norm_ratio"] == pytest.approx(1.0, rel=1e-12)
+    assert m["effective_rank"] == pytest.approx(1.0, rel=1e-12)
+
+
+@pytest.mark.parametrize(("n", "k"), [(10, 4), (64, 7), (5, 5)])
+def test_orthonormal_columns(n: int, k: int) -> None:
+    # Q^T Q = I_k: k singular values equal to 1.
+    q, _ = np.linalg.qr(np.random.default_rng(0).standard_normal((n, k)))
+    m = compute_metrics(torch.from_numpy(q))
+    for name in ("stable_rank", "participation_ratio", "nuclear_norm_ratio", "effective_rank"):
+        assert m[name] == pytest.approx(k, rel=1e-10), name
+    # cumulative energies j/k: the count of j/k < 0.9 plus one
+    assert m["cumulative_energy_90"] == sum(j / k < 0.9 for j in range(1, k + 1)) + 1
+
+
+def test_diagonal_with_chosen_values() -> None:
+    # s = (3, 2, 1): energy 14, nuclear norm 6.
+    a = torch.zeros(5, 3, dtype=torch.float64)
+    a[0, 0], a[1, 1], a[2, 2] = 3.0, 2.0, 1.0
+    m = compute_metrics(a)
+    assert m["stable_rank"] == pytest.approx(14 / 9, rel=1e-12)
+    assert m["participation_ratio"] == pytest.approx(36 / 14, rel=1e-12)
+    assert m["cumulative_energy_90"] == 2  # 9/14 = 0.64 < 0.9, 13/14 = 0.93 >= 0.9
+    assert m["nuclear_norm_ratio"] == pytest.approx(2.0, rel=1e-12)
+    h = -(1 / 2 * math.log(1 / 2) + 1 / 3 * math.log(1 / 3) + 1 / 6 * math.log(1 / 6))
+    assert m["effective_rank"] == pytest.approx(math.exp(h), rel=1e-12)
+
+
+def test_pr_eigen_is_the_centred_covariance_participation_ratio() -> None:
+    # Rows +-a e1 and +-b e2: zero mean, covariance eigenvalues proportional to (a^2, b^2).
+    a_, b_ = 3.0, 1.0
+    a = torch.tensor([[a_, 0], [-a_, 0], [0, b_], [0, -b_]], dtype=torch.float64)
+    expected = (a_**2 + b_**2) ** 2 / (a_**4 + b_**4)
+    assert compute_metrics(a)["pr_eigen"] == pytest.approx(expected, rel=1e-12)
+    # A constant offset changes the uncentred spectrum but not the centred covariance.
+    shifted = compute_metrics(a + 10.0)
+    assert shifted["pr_eigen"] == pytest.approx(expected, rel=1e-9)
+    assert shifted["stable_rank"] != pytest.approx(compute_metrics(a)["stable_rank"], rel=1e-3)
+
+
+def test_center_option_equals_centring_by_hand() -> None:
+    a = torch.randn(40, 12, dtype=torch.float64) + 3.0
+    got = compute_metrics(a, center=True)
+    want = compute_metrics(a - a.mean(dim=0))
+    for name in METRIC_COLUMNS:
+        assert got[name] == pytest.approx(want[name], rel=1e-9), name
+
+
+@pytest.mark.parametrize(("n", "k"), [(160, 16), (160, 128), (160, 512), (160, 1024), (30, 200)])
+def test_well_conditioned_matches_numpy_svd(n: int, k: int) -> None:
+    a = np.random.default_rng(k).standard_normal((n, k)).astype(np.float32)
+    got, want = compute_metrics(torch.from_numpy(a)), svd_reference(a)
+    for name in METRIC_COLUMNS:
+        assert got[name] == pytest.approx(want[name], rel=1e-6), name
+
+
+@pytest.mark.parametrize(("n", "k", "rank"), [(160, 1024, 1), (160, 1024, 5), (160, 16, 3), (64, 48, 20)])
+def test_exact_rank_matches_numpy_svd(n: int, k: int, rank: int) -> None:
+    rng = np.random.default_rng(rank)
+    a = rng.standard_normal((n, rank)) @ rng.standard_normal((rank, k))  # exact rank in float64
+    got, want = compute_metrics(torch.from_numpy(a)), svd_reference(a)
+    for name in METRIC_COLUMNS:
+        assert got[name] == pytest.approx(want[name], rel=1e-6), name
+
+
+def test_zero_matrix_gives_zero() -> None:
+    assert compute_metrics(torch.zeros(8, 5)) == dict.fromkeys(METRIC_COLUMNS, 0.0)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_gives_nan(bad: float) -> None:
+    a = torch.randn(6, 4)
+    a[2, 1] = bad
+    assert all(math.isnan(v) for v in compute_metrics(a).values())
+
+
+def test_dict_input_and_metric_subset() -> None:
+    out = compute_metrics({"x": torch.eye(4), "y": 2 * torch.eye(2)}, metrics=["stable_rank"])
+    assert out == {"x": {"stable_rank": pytest.approx(4.0)}, "y": {"stable_rank": pytest.approx(2.0)}}
+    with pytest.raises(ValueError, match="unknown metric"):
+        compute_metrics(torch.eye(3), metrics=["stable_rnk"])

@@ -1,0 +1,190 @@
+"""HighFrequencyTracker: the study's usage example, measured steps, probe mode, NaN handling."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from ndt import HighFrequencyTracker, read_metrics
+from ndt.measure.spectrum import compute_metrics
+from ndt.storage.schema import COLUMNS
+
+
+def make_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(20, 16), nn.ReLU(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 4))
+
+
+def batches(n: int, batch: int = 32) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(1)
+    w = torch.randn(20, 4, generator=g)
+    out = []
+    for _ in range(n):
+        x = torch.randn(batch, 20, generator=g)
+        out.append((x, (x @ w).argmax(1)))
+    return out
+
+
+def test_study_usage_example_runs_as_written(tmp_path: Path) -> None:
+    model = make_model()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    dataloader = batches(30)
+    num_epochs = 2
+
+    def train_step(batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        x, y = batch
+        loss = nn.functional.cross_entropy(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        return loss
+
+    # --- the study's example, as written ---
+    tracker = HighFrequencyTracker(model, sampling_frequency=5)
+    step = 0
+    for epoch in range(num_epochs):  # noqa: B007 - the study's example, verbatim
+        for batch in dataloader:
+            loss = train_step(batch)
+            tracker.log(step, loss.item())
+            step += 1
+    jumps = tracker.detect_jumps(metric="stable_rank")
+    # ---
+    assert [j.step for j in jumps] == sorted(j.step for j in jumps)
+    df = tracker.get_results()
+    assert list(df.columns) == list(COLUMNS)
+    assert sorted(df.step.unique()) == list(range(0, 60, 5))
+    assert df.groupby("step").size().eq(3).all()
+    assert set(df.layer) == {"0", "2", "4"}
+    tracker.close()
+
+
+def test_measures_the_training_forward_of_that_step() -> None:
+    model = make_model()
+    data = batches(6)
+    seen: dict[int, torch.Tensor] = {}
+    with HighFrequencyTracker(model, sampling_frequency=5) as tracker:
+        for step, (x, y) in enumerate(data):
+            seen[step] = model[0](x).detach()  # what layer "0" outputs on this batch, before the update
+            loss = nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            grad_norm = math.sqrt(sum(float(p.grad.square().sum()) for p in model.parameters()))
+            tracker.log(step, loss)
+            if step == 5:
+                want_grad_norm = grad_norm
+            model.zero_grad()
+        df = tracker.get_results()
+    row = df[(df.step == 5) & (df.layer == "0")].iloc[0]
+    want = compute_metrics(seen[5])
+    assert row.stable_rank == pytest.approx(want["stable_rank"], rel=1e-9)
+    assert row.participation_ratio == pytest.approx(want["participation_ratio"], rel=1e-9)
+    assert row.grad_norm == pytest.approx(want_grad_norm, rel=1e-6)
+    assert (row.n_samples, row.n_features) == (32, 16)
+
+
+def test_probe_mode_measures_in_eval_under_no_grad_and_restores_mode(tmp_path: Path) -> None:
+    model = nn.Sequential(nn.Linear(20, 16), nn.Dropout(0.5), nn.Linear(16, 4))
+    probe = torch.randn(10, 20)
+    modes: list[tuple[bool, bool]] = []
+    model[2].register_forward_hook(lambda m, i, o: modes.append((m.training, torch.is_grad_enabled())))
+    with HighFrequencyTracker(model, sampling_frequency=2, probe=(probe, None), writer=tmp_path / "m") as t:
+        for step in range(5):
+            model(torch.randn(3, 20)).sum().backward()
+            t.log(step, 0.0, epoch=1)
+            assert model.training
+    df = read_metrics(tmp_path / "m")
+    assert sorted(df.step.unique()) == [0, 2, 4]
+    assert (df.n_samples == 10).all() and (df.epoch == 1).all()
+    # training forwards (train, grad) interleaved with probe forwards (eval, no grad)
+    assert modes.count((False, False)) == 3 and modes.count((True, True)) == 5
+    # eval-mode probe: dropout off, so layer "2" equals a deterministic eval forward
+    model.eval()
+    want = compute_metrics(model[2](model[0](probe)).detach())
+    got = df[(df.step == 4) & (df.layer == "2")].iloc[0]
+    assert got.stable_rank == pytest.approx(want["stable_rank"], rel=1e-9)
+
+
+def test_nan_activations_give_nan_rows_one_warning_and_training_goes_on() -> None:
+    model = make_model()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with HighFrequencyTracker(model, sampling_frequency=1) as tracker:
+            for step in range(4):
+                x = torch.randn(8, 20)
+                if step in (1, 2):
+                    x[0, 0] = float("nan")
+                model(x).sum().backward()
+                tracker.log(step, 0.0)
+            df = tracker.get_results()
+    nan_warnings = [w for w in caught if "NaN/Inf" in str(w.message)]
+    assert len(nan_warnings) == 3  # once per layer ("0", "2", "4"), not once per step
+    assert df[df.step.isin([1, 2])].stable_rank.isna().all()
+    assert df[df.step.isin([0, 3])].stable_rank.notna().all()
+
+
+def test_metric_subset_leaves_other_columns_null() -> None:
+    model = make_model()
+    with HighFrequencyTracker(model, sampling_frequency=1, metrics=["stable_rank"]) as t:
+        model(torch.randn(8, 20))
+        t.log(0)
+        df = t.get_results()
+    assert df.stable_rank.notna().all() and df.participation_ratio.isna().all()
+    with pytest.raises(ValueError, match="unknown metric"):
+        HighFrequencyTracker(make_model(), metrics=["rank"])
+
+
+def test_hooks_removed_on_close_and_writer_flushed(tmp_path: Path) -> None:
+    model = make_model()
+    t = HighFrequencyTracker(model, sampling_frequency=1, writer=tmp_path / "m", flush_every=100)
+    model(torch.randn(8, 20))
+    t.log(0, 1.0)
+    assert not list((tmp_path / "m").glob("part-*"))  # buffered
+    t.close()
+    assert len(read_metrics(tmp_path / "m")) == 3
+    assert sum(len(m._forward_hooks) for m in model.modules()) == 0
+    with pytest.raises(RuntimeError, match="closed"):
+        t.log(1)
+
+
+def test_unmeasurable_step_warns_once() -> None:
+    model = make_model()
+    with HighFrequencyTracker(model, sampling_frequency=5) as t:
+        model(torch.randn(4, 20))
+        t.log(3)  # arms for step 4, not 10
+        model(torch.randn(4, 20))
+        with pytest.warns(RuntimeWarning, match="consecutive"):
+            t.log(10)
+        assert t.get_results().empty
+
+
+def test_layer_mean_series_and_one_layer() -> None:
+    model = make_model()
+    with HighFrequencyTracker(model, sampling_frequency=1) as t:
+        for step in range(6):
+            model(torch.randn(16, 20)).sum().backward()
+            t.log(step)
+        df = t.get_results()
+        mean = t.series("participation_ratio")
+        np.testing.assert_allclose(mean.to_numpy(), df.groupby("step").participation_ratio.mean().to_numpy())
+        assert len(t.detect_jumps("stable_rank", layer="2").z) == 6
+        with pytest.raises(KeyError, match="measured layers"):
+            t.series("stable_rank", layer="9")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_background_path_matches_cpu() -> None:
+    results = {}
+    for device in ("cpu", "cuda"):
+        model = make_model().to(device)
+        probe = torch.randn(64, 20, generator=torch.Generator().manual_seed(3))
+        with HighFrequencyTracker(model, sampling_frequency=1, probe=probe) as t:
+            assert t.background == (device == "cuda")
+            for step in range(3):
+                t.log(step, torch.tensor(1.0, device=device))
+            results[device] = t.get_results()
+    np.testing.assert_allclose(results["cuda"].stable_rank, results["cpu"].stable_rank, rtol=1e-4)
