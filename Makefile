@@ -17,8 +17,14 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 install: $(VENV)/.installed ## create .venv and install ndt (torch/torchvision pinned by constraints.txt)
 
-run: install ## train the default experiment on the embedded digits data and print where results are
-	$(PY) -m ndt.demo
+run: install ## train the default experiment (mlp_narrow on the embedded digits data) and print where results are
+	$(PY) -m ndt.run
+
+smoke: install ## a quick end-to-end sweep: 3 architectures on digits, 40 steps each
+	$(PY) -m ndt.run +sweep=smoke
+
+sweep: install ## the study's grid locally (57 runs + 3 skipped pairs; needs the datasets under data/)
+	$(PY) -m ndt.run +sweep=paper
 
 test: install ## run every test (fast tier and slow end-to-end tests)
 	$(PY) -m pytest -q
@@ -35,14 +41,20 @@ format: install ## format the code with ruff
 	$(PY) -m ruff format ndt tests scripts
 	$(PY) -m ruff check --fix ndt tests scripts
 
-bench: install ## print the benchmark ratios (metric kernel, tracking overhead)
+bench: install ## print the benchmarks measured in one run (kernel, overhead, runs, aggregation)
 	$(PY) -m ndt.bench
 
-tables: install ## regenerate the appendix tables of SWEEP (default results/paper)
-	@echo "not yet: aggregation lands with the tables issue"
+tables: install ## regenerate the appendix tables of SWEEP (default results/paper) into SWEEP/tables
+	$(PY) -m ndt.tables $(SWEEP)
+
+import-legacy: install ## convert the study's JSON results in LEGACY_DIR into the sweep SWEEP
+	$(PY) -m ndt.importers.legacy $(LEGACY_DIR) $(SWEEP)
+
+validate-detector: install ## validity battery of both jump detectors (fails if robust misses its targets)
+	$(PY) -m ndt.aggregate.battery
 
 clean: ## remove caches and build files (keeps results/ and .venv)
 	rm -rf .pytest_cache .mypy_cache .ruff_cache build dist *.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
-.PHONY: help install run test test-fast lint format bench tables clean
+.PHONY: help install run smoke sweep test test-fast lint format bench tables import-legacy validate-detector clean

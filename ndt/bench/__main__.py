@@ -1,4 +1,4 @@
-"""`python -m ndt.bench [kernel] [overhead]`: print the benchmark ratios measured in this run."""
+"""`python -m ndt.bench [kernel] [overhead] [runs] [aggregate]`: print the benchmark ratios measured in this run."""
 
 from __future__ import annotations
 
@@ -6,11 +6,13 @@ import argparse
 
 import torch
 
+from ndt.aggregate.bench import bench_aggregate
 from ndt.bench.kernel import bench_kernel, report_kernel
 from ndt.bench.overhead import bench_overhead, report_overhead
+from ndt.bench.runs import bench_runs, report_runs
 from ndt.bench.timing import machine_line
 
-BENCHES = ("kernel", "overhead")
+BENCHES = ("kernel", "overhead", "runs", "aggregate")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -28,6 +30,13 @@ def main(argv: list[str] | None = None) -> None:
         print(report_overhead(bench_overhead()), flush=True)
         if torch.cuda.is_available():
             print(report_overhead(bench_overhead(device="cuda")), flush=True)
+    if "runs" in which:
+        print(report_runs(bench_runs()), flush=True)
+    if "aggregate" in which:
+        seconds = bench_aggregate(n_runs=1000)
+        print(
+            f"aggregation: 1,000 synthetic runs x 400 measurements x 8 layers in {seconds:.1f} s (target < 60 s)"
+        )
 
 
 if __name__ == "__main__":

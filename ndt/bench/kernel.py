@@ -7,6 +7,8 @@ copied to the CPU as Python floats.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from ndt.bench.timing import best_of
@@ -41,8 +43,8 @@ def bench_kernel(sizes: tuple[int, ...] = SIZES, repeats: int = 5) -> list[dict[
     gen = torch.Generator().manual_seed(0)
     for k in sizes:
         a = torch.randn(N_SAMPLES, k, generator=gen)
-        ours = best_of(lambda a=a: compute_metrics(a), repeats, number=5)
-        naive = best_of(lambda a=a: straightforward_metrics(a), repeats, number=2)
+        ours = best_of(functools.partial(compute_metrics, a), repeats, number=5)
+        naive = best_of(functools.partial(straightforward_metrics, a), repeats, number=2)
         rows.append({"k": k, "ndt_ms": ours * 1e3, "naive_ms": naive * 1e3, "speedup": naive / ours})
     return rows
 

@@ -66,17 +66,16 @@ class GramStats:
     """Sufficient statistics of one (n, k) activation matrix A for every metric, on A's device.
 
     Attributes:
-        gram: (m, m) float64, m = min(n, k): A A^T if n <= k, else A^T A.
-        vec: (m,) float64: A mu if n <= k, else mu, with mu = (k,) column mean of A. Together with
-            `mu2` this gives the centred Gram by a rank-one correction (see `centred_grams`).
-        mu2: () float64, mu . mu.
+        gram: (m, m) float64, m = min(n, k): A A^T if n <= k ("sample side"), else A^T A.
+        mean: (k,) float64 column mean of A, kept only on the feature side (k < n), where the centred
+            Gram A^T A - n mu mu^T needs it. On the sample side the centring needs nothing more:
+            A mu = G 1 / n and |mu|^2 = 1^T G 1 / n^2.
         n_samples: n.
         n_features: k.
     """
 
     gram: torch.Tensor
-    vec: torch.Tensor
-    mu2: torch.Tensor
+    mean: torch.Tensor | None
     n_samples: int
     n_features: int
 
@@ -85,15 +84,26 @@ class GramStats:
         """m, the Gram's side."""
         return int(self.gram.shape[0])
 
-    def flat(self) -> torch.Tensor:
-        """(m*m + m + 1,) float64: gram, vec, mu2; the layout `unflatten` reads."""
-        return torch.cat([self.gram.reshape(-1), self.vec, self.mu2.reshape(1)])
+    @property
+    def sample_side(self) -> bool:
+        """Whether the Gram is A A^T (n <= k)."""
+        return self.mean is None
+
+    def pieces(self) -> list[torch.Tensor]:
+        """The flat layout `unflatten` reads: gram (m*m,), then mean (m,) on the feature side."""
+        g = self.gram.reshape(-1)
+        return [g] if self.mean is None else [g, self.mean]
+
+
+def flat_size(size: int, sample_side: bool) -> int:
+    """Length of a layer's flat statistics."""
+    return size * size + (0 if sample_side else size)
 
 
 def gram_stats(activations: torch.Tensor) -> GramStats:
     """Form the float64 Gram statistics of a (n, k) activation matrix on its own device.
 
-    Four tensor ops and no host synchronisation: cheap enough for a forward hook, safe on CUDA.
+    Two or three tensor ops and no host synchronisation: cheap enough for a forward hook, safe on CUDA.
 
     Args:
         activations: (n, k) tensor, any float dtype.
@@ -102,39 +112,70 @@ def gram_stats(activations: torch.Tensor) -> GramStats:
         raise ValueError(f"expected a (n_samples, n_features) matrix, got shape {tuple(activations.shape)}")
     a = activations.detach().to(torch.float64)
     n, k = a.shape
-    mu = a.mean(dim=0)  # (k,)
     if n <= k:
-        gram, vec = a @ a.T, a @ mu  # (n, n), (n,)
-    else:
-        gram, vec = a.T @ a, mu  # (k, k), (k,)
-    return GramStats(gram=gram, vec=vec, mu2=mu.dot(mu), n_samples=n, n_features=k)
+        return GramStats(gram=a @ a.T, mean=None, n_samples=n, n_features=k)  # (n, n)
+    return GramStats(gram=a.T @ a, mean=a.mean(dim=0), n_samples=n, n_features=k)  # (k, k), (k,)
 
 
-def unflatten(flat: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, float]:
-    """Inverse of `GramStats.flat` on the host: (gram (m, m), vec (m,), mu2)."""
+def unflatten(flat: np.ndarray, size: int, sample_side: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """Inverse of `GramStats.pieces` on the host: (gram (m, m), mean (m,) or None)."""
     mm = size * size
-    return flat[:mm].reshape(size, size), flat[mm : mm + size], float(flat[mm + size])
+    return flat[:mm].reshape(size, size), None if sample_side else flat[mm : mm + size]
 
 
-def centred_grams(
-    gram: np.ndarray, vec: np.ndarray, mu2: np.ndarray, n_samples: np.ndarray, sample_side: bool
-) -> np.ndarray:
+def centred_grams(gram: np.ndarray, mean: np.ndarray | None, n_samples: np.ndarray) -> np.ndarray:
     """Gram matrices of the column-centred activations, from the uncentred statistics.
 
     Args:
         gram: (L, m, m) uncentred Grams.
-        vec: (L, m) see `GramStats.vec`.
-        mu2: (L,) see `GramStats.mu2`.
+        mean: (L, m) column means for feature-side Grams (A^T A); None for sample-side ones (A A^T).
         n_samples: (L,) n of each layer.
-        sample_side: True when the Grams are A A^T (n <= k), False for A^T A.
 
     Returns:
-        (L, m, m): (A - 1 mu^T)(A - 1 mu^T)^T = G - v 1^T - 1 v^T + |mu|^2 1 1^T when sample_side,
-        else (A - 1 mu^T)^T (A - 1 mu^T) = G - n mu mu^T.
+        (L, m, m): sample side, (A - 1 mu^T)(A - 1 mu^T)^T = G - v 1^T - 1 v^T + |mu|^2 1 1^T with
+        v = A mu = G 1 / n and |mu|^2 = 1^T G 1 / n^2; feature side, G - n mu mu^T.
     """
-    if sample_side:
-        return gram - vec[:, :, None] - vec[:, None, :] + mu2[:, None, None]
-    return gram - n_samples[:, None, None] * vec[:, :, None] * vec[:, None, :]
+    n = n_samples.astype(np.float64)
+    if mean is None:
+        v = gram.sum(axis=2) / n[:, None]  # (L, m)
+        mu2 = v.sum(axis=1) / n  # (L,)
+        return gram - v[:, :, None] - v[:, None, :] + mu2[:, None, None]
+    return gram - n[:, None, None] * mean[:, :, None] * mean[:, None, :]
+
+
+# When the centred energy is below this share of the uncentred one, the closed forms below lose
+# digits to cancellation (relative error ~ eps / share); form the centred Gram instead.
+_CANCELLATION_SHARE = 1e-6
+
+
+def centred_moments(
+    gram: np.ndarray, mean: np.ndarray | None, n_samples: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """tr(Gc) and ||Gc||_F^2 of the centred Grams without forming them (one pass over G).
+
+    With Gc as in `centred_grams`:
+    sample side, v = G 1 / n, s = 1^T G 1 / n: tr(Gc) = tr(G) - s, ||Gc||^2 = ||G||^2 - 2 n |v|^2 + s^2;
+    feature side: tr(Gc) = tr(G) - n |mu|^2, ||Gc||^2 = ||G||^2 - 2 n mu^T G mu + n^2 |mu|^4.
+
+    Args: as `centred_grams`. Returns: ((L,) traces, (L,) squared Frobenius norms).
+    """
+    n = n_samples.astype(np.float64)
+    trace = np.trace(gram, axis1=1, axis2=2)
+    fro2 = np.einsum("lij,lij->l", gram, gram)
+    if mean is None:
+        v = gram.sum(axis=2) / n[:, None]
+        s = v.sum(axis=1)
+        ctrace, cfro2 = trace - s, fro2 - 2 * n * np.einsum("li,li->l", v, v) + s**2
+    else:
+        mu2 = np.einsum("li,li->l", mean, mean)
+        quad = np.einsum("li,lij,lj->l", mean, gram, mean)
+        ctrace, cfro2 = trace - n * mu2, fro2 - 2 * n * quad + n**2 * mu2**2
+    risky = cfro2 < _CANCELLATION_SHARE * fro2
+    if risky.any():
+        gc = centred_grams(gram[risky], None if mean is None else mean[risky], n_samples[risky])
+        ctrace[risky] = np.trace(gc, axis1=1, axis2=2)
+        cfro2[risky] = np.einsum("lij,lij->l", gc, gc)
+    return ctrace, np.maximum(cfro2, 0.0)
 
 
 @dataclass
@@ -238,7 +279,7 @@ def metrics_from_stats(
     """Eigen-decompose L layers' Grams (batched by shape) and evaluate the chosen metrics on all at once.
 
     Args:
-        flats: L host float64 vectors in the `GramStats.flat` layout.
+        flats: L host float64 vectors in the `GramStats.pieces` layout.
         sizes: (L,) Gram side m of each.
         n_samples, n_features: (L,) n and k of each activation matrix.
         center: decompose the centred Gram instead of the uncentred one.
@@ -252,7 +293,7 @@ def metrics_from_stats(
     finite = np.array([bool(np.isfinite(f).all()) for f in flats], dtype=bool)
     groups: dict[tuple[int, bool], list[int]] = {}
     for i in np.flatnonzero(finite):
-        groups.setdefault((sizes[i], bool(n_samples[i] <= n_features[i])), []).append(int(i))
+        groups.setdefault((sizes[int(i)], bool(n_samples[i] <= n_features[i])), []).append(int(i))
     m_max = max(sizes, default=1)
     # Eigenvalues zero-padded to m_max: zero singular values change no metric, and one (L, m_max)
     # array lets every metric run once for the whole batch.
@@ -261,18 +302,17 @@ def metrics_from_stats(
     cfro2 = np.zeros(n_layers)
     with single_threaded_blas():
         for (m, sample_side), idx in groups.items():
-            parts = [unflatten(flats[i], m) for i in idx]
+            parts = [unflatten(flats[i], m, sample_side) for i in idx]
             g = np.stack([p[0] for p in parts])
-            gc = centred_grams(
-                g,
-                np.stack([p[1] for p in parts]),
-                np.array([p[2] for p in parts]),
-                n_samples[idx].astype(np.float64),
-                sample_side,
-            )
-            ctrace[idx] = np.trace(gc, axis1=1, axis2=2)
-            cfro2[idx] = np.einsum("lij,lij->l", gc, gc)  # ||Gc||_F^2 without a temporary
-            lam[idx, :m] = np.linalg.eigvalsh(gc if center else g)[:, ::-1]  # descending
+            mean = None if sample_side else np.stack([p[1] for p in parts if p[1] is not None])
+            if center:
+                gc = centred_grams(g, mean, n_samples[idx])
+                ctrace[idx] = np.trace(gc, axis1=1, axis2=2)
+                cfro2[idx] = np.einsum("lij,lij->l", gc, gc)
+                g = gc
+            else:
+                ctrace[idx], cfro2[idx] = centred_moments(g, mean, n_samples[idx])
+            lam[idx, :m] = np.linalg.eigvalsh(g)[:, ::-1]  # descending
     tol = LAMBDA_TOL * np.asarray(sizes, dtype=np.float64)[:, None] * lam[:, :1]
     lam = np.where(lam > tol, lam, 0.0)
     sp = Spectrum(eigenvalues=lam, singular_values=np.sqrt(lam), centred_trace=ctrace, centred_fro2=cfro2)
@@ -309,7 +349,7 @@ def compute_metrics(
     mats = {"_": activations} if single else dict(activations)
     stats = [gram_stats(torch.as_tensor(a)) for a in mats.values()]
     values, _ = metrics_from_stats(
-        [s.flat().cpu().numpy() for s in stats],
+        [torch.cat(s.pieces()).cpu().numpy() for s in stats],
         [s.size for s in stats],
         np.array([s.n_samples for s in stats]),
         np.array([s.n_features for s in stats]),

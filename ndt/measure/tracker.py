@@ -48,7 +48,7 @@ from torch import nn
 
 from ndt.analysis.jumps import JumpDetector, Jumps
 from ndt.measure.capture import ActivationCapture, LayerSelector, SequenceReduction
-from ndt.measure.spectrum import GramStats, gram_stats, metrics_from_stats, validate_metric_names
+from ndt.measure.spectrum import GramStats, flat_size, gram_stats, metrics_from_stats, validate_metric_names
 from ndt.storage.parquet import MetricsWriter
 from ndt.storage.schema import METRIC_COLUMNS
 
@@ -71,7 +71,8 @@ class _Measurement:
     n_samples: np.ndarray  # (L,) int32
     n_features: np.ndarray  # (L,) int32
     sizes: list[int]  # Gram side m of each layer
-    flat: torch.Tensor  # host float64: each layer's GramStats.flat(), then loss, grad_norm
+    sample_side: list[bool]  # whether each layer's Gram is A A^T
+    flat: torch.Tensor  # host float64: each layer's GramStats.pieces(), then loss, grad_norm
     ready: torch.cuda.Event | None  # fires when `flat` has landed (CUDA); None on CPU
 
 
@@ -94,6 +95,7 @@ class HighFrequencyTracker:
         sequence_reduction: how (B, S, F) outputs become matrices; see `ndt.measure.capture`.
         flush_every: measurements buffered before a Parquet part is written.
         background: solve spectra on a worker thread; default: on CUDA only.
+        elapsed: seconds the run already spent before this tracker (a resumed run), added to wall_time.
 
     Use it as a context manager, or call `close()`, so the last rows reach disk.
     """
@@ -115,6 +117,7 @@ class HighFrequencyTracker:
         sequence_reduction: SequenceReduction | str = "token_mean",
         flush_every: int = 50,
         background: bool | None = None,
+        elapsed: float = 0.0,
     ) -> None:
         if sampling_frequency < 1:
             raise ValueError(
@@ -145,7 +148,7 @@ class HighFrequencyTracker:
         self.epoch = 0
         self.n_measurements = 0
         self._last_step: int | None = None
-        self._t0 = time.perf_counter()
+        self._t0 = time.perf_counter() - elapsed
         self._warned_nonfinite: set[str] = set()
         self._warned_missing = False
         self.flush_every = flush_every
@@ -292,7 +295,8 @@ class HighFrequencyTracker:
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
         if not grads:
             return None
-        return torch.nn.utils.get_total_norm(grads, norm_type=2.0)
+        # What clip_grad_norm_ computes, without its per-call grouping by device and dtype.
+        return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
 
     def _measure(
         self, step: int, loss: float | torch.Tensor | None, grad_norm: float | torch.Tensor | None
@@ -332,7 +336,8 @@ class HighFrequencyTracker:
             layer_index=np.array([self._layer_index[n] for n in names], dtype=np.int16),
             n_samples=np.array([s.n_samples for s in ordered], dtype=np.int32),
             n_features=np.array([s.n_features for s in ordered], dtype=np.int32),
-            sizes=[s.gram.shape[0] for s in ordered],
+            sizes=[s.size for s in ordered],
+            sample_side=[s.sample_side for s in ordered],
             flat=flat,
             ready=ready,
         )
@@ -355,7 +360,7 @@ class HighFrequencyTracker:
                 return v.detach().to(device=device, dtype=torch.float64).reshape(1)
             return torch.tensor([v], dtype=torch.float64, device=device)
 
-        return torch.cat([*(s.flat() for s in stats), scalar(loss), scalar(grad_norm)])
+        return torch.cat([*(p for s in stats for p in s.pieces()), scalar(loss), scalar(grad_norm)])
 
     def _solve_pending(self) -> None:
         """Solve the buffered measurements' spectra in one batch, write their rows, flush a part."""
@@ -368,10 +373,10 @@ class HighFrequencyTracker:
                 m.ready.synchronize()  # this copy only; on the worker thread
             flat = m.flat.numpy()
             offset = 0
-            for size in m.sizes:
-                step = size * size + size + 1
-                flats.append(flat[offset : offset + step])
-                offset += step
+            for size, side in zip(m.sizes, m.sample_side, strict=True):
+                length = flat_size(size, side)
+                flats.append(flat[offset : offset + length])
+                offset += length
             losses.append(flat[offset])
             grad_norms.append(flat[offset + 1])
             sizes += m.sizes

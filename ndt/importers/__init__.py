@@ -1,0 +1,1 @@
+"""Importers: results written by other code, converted into ndt's run layout."""

@@ -1,0 +1,37 @@
+"""`python -m ndt.run`: train one experiment, or a sweep with `-m` / `+sweep=...` (see conf/)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from ndt.running.config import register_configs
+
+register_configs()
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> None:
+    """Run the experiment `cfg` describes; a failed single run exits with status 1."""
+    from ndt.running.train import RunConflictError, run_dir_for, run_experiment  # heavy: after CLI parsing
+
+    single = HydraConfig.get().mode == RunMode.RUN
+    try:
+        record = run_experiment(cfg)
+    except RunConflictError as e:
+        logging.getLogger("ndt.run").error("%s", e)
+        if single:
+            sys.exit(2)
+        return  # the other runs of the sweep go on
+    print(f"{record['status']}: {run_dir_for(cfg).resolve()}", flush=True)
+    if record["status"] == "failed" and single:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

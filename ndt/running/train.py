@@ -1,0 +1,466 @@
+"""One experiment, top to bottom: data, model, tracked training, checkpoints, the run record.
+
+`run_experiment(cfg)` is the whole job behind ``python -m ndt.run``. It is idempotent: a completed
+run is skipped, an interrupted one resumes from its last checkpoint (its Parquet then ends with
+exactly one row per (step, layer)), an incompatible architecture/dataset pair is recorded as
+skipped, and a failure (exception, NaN loss) is recorded as failed in ``run.json``. Results are
+files; the return value is only a convenience.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import platform
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+import ndt
+from ndt.data import EpochSampler, load_dataset
+from ndt.data.spec import dataset_spec
+from ndt.measure.tracker import HighFrequencyTracker
+from ndt.models import IncompatiblePairError, build_model, check_compatible, describe
+from ndt.running.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from ndt.running.layout import (
+    DONE_MARKER,
+    LOG_FILE,
+    METRICS_DIR,
+    is_complete,
+    read_run_json,
+    run_name,
+    write_run_json,
+)
+from ndt.storage.parquet import MetricsWriter, list_parts, read_metrics
+
+log = logging.getLogger("ndt.run")
+
+
+class RunConflictError(RuntimeError):
+    """The run directory holds a run of a different experiment (same arch/dataset/seed, other settings)."""
+
+
+#: Config keys that change the numbers a run produces. Others (paths, logging, progress, device,
+#: launcher) may differ between a run and its resumption.
+EXPERIMENT_KEYS = ("arch", "dataset", "seed", "trainer.max_steps", "trainer.batch_size", "tracker", "optim")
+
+
+def _flatten(node: Any, prefix: str, out: dict[str, Any]) -> None:
+    if isinstance(node, dict):
+        for k, v in node.items():
+            _flatten(v, f"{prefix}.{k}", out)
+    else:
+        out[prefix] = node
+
+
+def experiment_signature(config: dict[str, Any]) -> dict[str, Any]:
+    """The leaves of a resolved config that define the experiment, by dotted key (see `EXPERIMENT_KEYS`)."""
+    out: dict[str, Any] = {}
+    for key in EXPERIMENT_KEYS:
+        node: Any = config
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        _flatten(node, key, out)
+    return out
+
+
+def check_same_experiment(run_dir: Path, config: dict[str, Any]) -> None:
+    """Refuse to skip or resume a run directory that holds another experiment.
+
+    Raises:
+        RunConflictError: naming the differing keys and the fix.
+    """
+    try:
+        previous = read_run_json(run_dir).get("config")
+    except (FileNotFoundError, ValueError):
+        return
+    if not isinstance(previous, dict):
+        return
+    old, new = experiment_signature(previous), experiment_signature(config)
+    diff = [
+        f"{k}: {old.get(k)!r} there, {new.get(k)!r} now"
+        for k in sorted(old.keys() | new.keys())
+        if old.get(k) != new.get(k)
+    ]
+    if diff:
+        raise RunConflictError(
+            f"{run_dir} holds a run of a different experiment ({'; '.join(diff)}). Run directories are "
+            "named by arch, dataset and seed only: give this experiment its own sweep_name=... "
+            "(or paths.results_dir=...), or delete that directory to redo it."
+        )
+
+
+def run_dir_for(cfg: DictConfig) -> Path:
+    """``<paths.results_dir>/<sweep_name>/<arch>__<dataset>__s<seed>``."""
+    return (
+        Path(cfg.paths.results_dir)
+        / str(cfg.sweep_name)
+        / run_name(cfg.arch.name, cfg.dataset.name, cfg.seed)
+    )
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto``: CUDA when present (with TF32 matmuls and cuDNN autotuning), else CPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError(
+                f"trainer.device={name} but no CUDA device is visible; use trainer.device=auto or cpu"
+            )
+        torch.backends.cuda.matmul.allow_tf32 = True  # the usual speed settings on Ampere and later
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    """The one seeding block: model init and dropout draw from torch's RNGs.
+
+    Data subsets and order have their own generators seeded from the same seed (ndt.data), so
+    nothing in a run reads numpy's or Python's global RNG.
+    """
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def make_optimizer(cfg: DictConfig, params: Iterator[nn.Parameter]) -> torch.optim.Optimizer:
+    """The optimizer named by ``optim.name`` (adam, adamw, sgd)."""
+    name = cfg.optim.name
+    if name == "adam":
+        return torch.optim.Adam(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(
+            params, lr=cfg.optim.lr, momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay
+        )
+    raise ValueError(f"unknown optim.name {name!r}; choose adam, adamw or sgd")
+
+
+def git_commit() -> str | None:
+    """The commit of the ndt source tree (suffixed ``-dirty`` with local changes), or None."""
+    root = Path(ndt.__file__).resolve().parent.parent
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10, check=True
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def versions() -> dict[str, str]:
+    """Versions of what the numbers depend on."""
+    import hydra
+    import pandas
+    import pyarrow
+
+    return {
+        "ndt": ndt.__version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "pandas": pandas.__version__,
+        "pyarrow": pyarrow.__version__,
+        "hydra": hydra.__version__,
+        "cuda": torch.version.cuda or "none",
+    }
+
+
+@contextlib.contextmanager
+def run_log_file(run_dir: Path) -> Iterator[None]:
+    """Log to ``run.log`` in the run directory unless Hydra already does."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        yield
+        return
+    handler = logging.FileHandler(run_dir / LOG_FILE)
+    handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    old_level = root.level
+    root.setLevel(min(old_level, logging.INFO) if old_level else logging.INFO)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(old_level)
+        handler.close()
+
+
+@dataclass
+class Timings:
+    """Wall-clock seconds spent in each phase (measure: inside the tracker; on CUDA its host side)."""
+
+    data_s: float = 0.0
+    train_s: float = 0.0
+    measure_s: float = 0.0
+    checkpoint_s: float = 0.0
+    eval_s: float = 0.0
+    total_s: float = 0.0
+    start: float = field(default_factory=time.perf_counter, repr=False)
+
+    def as_dict(self) -> dict[str, float]:
+        return {k: round(v, 4) for k, v in self.__dict__.items() if k != "start"}
+
+
+class Progress:
+    """A tqdm bar on an interactive terminal, plain log lines every `log_every` steps otherwise."""
+
+    def __init__(self, mode: str, total: int, initial: int, log_every: int, desc: str) -> None:
+        use_bar = mode == "bar" or (mode == "auto" and sys.stderr.isatty())
+        self.log_every = log_every
+        self.total = total
+        self.t0 = time.perf_counter()
+        self.initial = initial
+        self.bar = None
+        if use_bar:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True)
+
+    def update(self, step: int, loss: float | None) -> None:
+        """Called after step `step` (0-based); `loss` given on log steps only (a host sync on CUDA)."""
+        if self.bar is not None:
+            self.bar.update(1)
+            if loss is not None:
+                self.bar.set_postfix(loss=f"{loss:.4f}")
+        elif loss is not None:
+            done = step + 1 - self.initial
+            elapsed = time.perf_counter() - self.t0
+            eta = elapsed / max(done, 1) * (self.total - step - 1)
+            log.info(
+                "step %d/%d  loss %.4f  %.1f steps/s  eta %.0fs",
+                step + 1,
+                self.total,
+                loss,
+                done / elapsed,
+                eta,
+            )
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> float:
+    """Top-1 accuracy in eval mode (mode restored afterwards)."""
+    was_training = model.training
+    model.eval()
+    correct = 0
+    for lo in range(0, len(y), batch_size):
+        correct += int((model(x[lo : lo + batch_size]).argmax(dim=1) == y[lo : lo + batch_size]).sum())
+    model.train(was_training)
+    return correct / max(len(y), 1)
+
+
+def base_record(cfg: DictConfig) -> dict[str, Any]:
+    """The run record's identity and provenance fields."""
+    return {
+        "status": "running",
+        "arch": cfg.arch.name,
+        "dataset": cfg.dataset.name,
+        "seed": int(cfg.seed),
+        "run_id": run_name(cfg.arch.name, cfg.dataset.name, cfg.seed),
+        "git_commit": git_commit(),
+        "versions": versions(),
+        "config": OmegaConf.to_container(cfg, resolve=True),
+    }
+
+
+def run_experiment(cfg: DictConfig) -> dict[str, Any]:
+    """Run (or skip, or resume) one experiment; return its run record (also in ``run.json``)."""
+    run_dir = run_dir_for(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with run_log_file(run_dir):
+        check_same_experiment(run_dir, OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
+        if is_complete(run_dir):
+            record = read_run_json(run_dir)
+            log.info(
+                "%s is already %s: skipping (delete %s to redo it)",
+                run_dir,
+                record.get("status"),
+                DONE_MARKER,
+            )
+            return record
+        record = base_record(cfg)
+        try:
+            check_compatible(cfg.arch.name, dataset_spec(cfg.dataset.name, cfg.dataset.encoding))
+        except IncompatiblePairError as e:
+            record.update(status="skipped", error=str(e))
+            write_run_json(run_dir, record)
+            (run_dir / DONE_MARKER).write_text("skipped\n")
+            log.warning("skipped %s: %s", run_dir.name, e)
+            return record
+        try:
+            record = _train(cfg, run_dir, record)
+        except Exception as e:  # recorded, so that the other runs of a sweep go on
+            log.error("run %s failed:\n%s", run_dir.name, traceback.format_exc())
+            record.update(status="failed", error=f"{type(e).__name__}: {e}")
+            write_run_json(run_dir, record)
+            return record
+        write_run_json(run_dir, record)
+        (run_dir / DONE_MARKER).write_text("complete\n")  # written last
+        log.info("results: %s", run_dir.resolve())
+        return record
+
+
+def _train(cfg: DictConfig, run_dir: Path, record: dict[str, Any]) -> dict[str, Any]:
+    t = Timings()
+    device = resolve_device(cfg.trainer.device)
+    seed = int(cfg.seed)
+
+    data = load_dataset(
+        cfg.dataset.name,
+        data_dir=cfg.paths.data_dir,
+        seed=seed,
+        train_subset=cfg.dataset.train_subset,
+        test_subset=cfg.dataset.test_subset,
+        encoding=cfg.dataset.encoding,
+    )
+    # The study's data are small: keep them on the run's device and batch by index.
+    train_x, train_y = data.train_x.to(device), data.train_y.to(device)
+    test_x, test_y = data.test_x.to(device), data.test_y.to(device)
+    probe = test_x[: cfg.tracker.probe_size] if cfg.tracker.probe_size > 0 else None
+    t.data_s = time.perf_counter() - t.start
+
+    seed_everything(seed)
+    model = build_model(cfg.arch.name, data.spec).to(device)
+    info = describe(model)
+    optimizer = make_optimizer(cfg, model.parameters())
+    sampler = EpochSampler(len(train_y), cfg.trainer.batch_size, seed)
+    record.update(
+        family=info.family, depth=info.depth, width=info.width, params=info.params, device=str(device)
+    )
+
+    start_step, elapsed = 0, 0.0
+    metrics_dir = run_dir / METRICS_DIR
+    resume_after: int | None = None
+    found = latest_checkpoint(run_dir)
+    if found is not None:
+        start_step, path = found
+        state = load_checkpoint(path, map_location=device)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        sampler.load_state_dict(state["sampler"])
+        torch.set_rng_state(state["rng_cpu"].cpu())
+        if device.type == "cuda" and state.get("rng_cuda") is not None:
+            torch.cuda.set_rng_state(state["rng_cuda"].cpu(), device)
+        elapsed = float(state["elapsed_s"])
+        resume_after = start_step - 1  # rows of steps < start_step are final; later ones are redone
+        log.info("resuming %s from %s (step %d)", run_dir.name, path.name, start_step)
+    elif metrics_dir.exists() and list_parts(metrics_dir):
+        resume_after = -1  # killed before its first checkpoint: start over, dropping its rows
+        log.info("restarting %s from step 0 (no checkpoint)", run_dir.name)
+    record["status"] = "running"
+    write_run_json(run_dir, record)
+
+    writer = MetricsWriter(metrics_dir, cfg.tracker.flush_every, resume_after_step=resume_after)
+    tracker = HighFrequencyTracker(
+        model,
+        sampling_frequency=cfg.tracker.sampling_frequency,
+        probe=probe,
+        metrics=list(cfg.tracker.metrics),
+        writer=writer,
+        run_id=record["run_id"],
+        arch=cfg.arch.name,
+        dataset=cfg.dataset.name,
+        seed=seed,
+        center=cfg.tracker.center,
+        sequence_reduction=cfg.tracker.sequence_reduction,
+        flush_every=cfg.tracker.flush_every,
+        elapsed=elapsed,
+    )
+    max_steps, every = int(cfg.trainer.max_steps), int(cfg.trainer.checkpoint.every)
+    progress = Progress(cfg.trainer.progress, max_steps, start_step, cfg.trainer.log_every, run_dir.name)
+    t_loop = time.perf_counter()
+    try:
+        model.train()
+        for step in range(start_step, max_steps):
+            epoch = sampler.epoch  # the epoch this batch belongs to
+            idx = sampler.next_batch().to(device, non_blocking=True)
+            loss = nn.functional.cross_entropy(model(train_x[idx]), train_y[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+            t_m = time.perf_counter()
+            tracker.log(step, loss.detach(), epoch=epoch)  # measures after the optimizer step
+            t.measure_s += time.perf_counter() - t_m
+
+            is_log_step = (step + 1) % cfg.trainer.log_every == 0 or step + 1 == max_steps
+            loss_value = loss.item() if is_log_step else None  # a CPU-GPU sync point: log steps only
+            if loss_value is not None and not math.isfinite(loss_value):
+                raise FloatingPointError(
+                    f"loss is {loss_value} at step {step}; lower optim.lr or check the data"
+                )
+            progress.update(step, loss_value)
+
+            if (step + 1) % every == 0 or step + 1 == max_steps:
+                t_c = time.perf_counter()
+                tracker.flush()  # rows before the checkpoint reach disk first: resume never leaves a gap
+                save_checkpoint(
+                    run_dir,
+                    step + 1,
+                    {
+                        "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "sampler": sampler.state_dict(),
+                        "rng_cpu": torch.get_rng_state(),
+                        "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+                        "step": step + 1,
+                        "elapsed_s": elapsed + time.perf_counter() - t.start,
+                    },
+                    keep_last=cfg.trainer.checkpoint.keep_last,
+                )
+                t.checkpoint_s += time.perf_counter() - t_c
+    finally:
+        progress.close()
+        t_m = time.perf_counter()
+        tracker.close()
+        t.measure_s += time.perf_counter() - t_m
+    t.train_s = time.perf_counter() - t_loop - t.measure_s - t.checkpoint_s
+
+    t_e = time.perf_counter()
+    final_accuracy = accuracy(model, test_x, test_y, cfg.trainer.eval_batch_size)
+    t.eval_s = time.perf_counter() - t_e
+    rows = read_metrics(metrics_dir)
+    t.total_s = time.perf_counter() - t.start
+    record.update(
+        status="complete",
+        final_accuracy=final_accuracy,
+        n_measurements=int(rows["step"].nunique()),
+        n_layers=int(rows["layer"].nunique()),
+        layers=list(tracker.layer_names),
+        timings=t.as_dict(),
+    )
+    log.info(
+        "%s: test accuracy %.1f%%, %d measurements, %.1fs (measuring %.1fs)",
+        run_dir.name,
+        100 * final_accuracy,
+        record["n_measurements"],
+        t.total_s,
+        t.measure_s,
+    )
+    return record

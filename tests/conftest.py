@@ -1,0 +1,48 @@
+"""Shared fixtures: Hydra composition of the real config, shrunk for speed."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from ndt.running.config import register_configs
+
+CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+REPO = Path(__file__).resolve().parent.parent
+
+register_configs()
+
+
+@pytest.fixture
+def compose_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
+    """Compose the real config with overrides; results and data go under tmp_path."""
+
+    def _compose(*overrides: str, return_hydra_config: bool = False) -> DictConfig:
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            return compose(
+                "config",
+                overrides=[
+                    f"paths.results_dir={tmp_path / 'results'}",
+                    f"paths.data_dir={tmp_path / 'data'}",
+                    *overrides,
+                ],
+                return_hydra_config=return_hydra_config,
+            )
+
+    return _compose
+
+
+def ndt_run_cmd(*args: str) -> list[str]:
+    """The real entry point, as a user runs it."""
+    return [sys.executable, "-m", "ndt.run", *args]
+
+
+def subprocess_env() -> dict[str, str]:
+    """Environment for entry-point subprocesses: unbuffered, no progress bar colours."""
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "1"}

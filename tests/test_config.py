@@ -1,0 +1,78 @@
+"""The Hydra config: every pair composes and builds, errors are clear, the paper sweep is the study's grid."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+
+import pytest
+from hydra.errors import ConfigCompositionException
+from omegaconf import DictConfig
+from omegaconf.errors import ConfigAttributeError, ValidationError
+
+from ndt.data.spec import dataset_spec
+from ndt.models import ARCH_NAMES, IncompatiblePairError, build_model, describe
+
+DATASETS = ("mnist", "fashion_mnist", "qmnist", "ag_news", "digits")
+
+
+@pytest.mark.parametrize(("arch", "dataset"), list(itertools.product(ARCH_NAMES, DATASETS)))
+def test_every_pair_composes_and_builds(
+    compose_cfg: Callable[..., DictConfig], arch: str, dataset: str
+) -> None:
+    cfg = compose_cfg(f"arch={arch}", f"dataset={dataset}")
+    assert (cfg.arch.name, cfg.dataset.name) == (arch, dataset)
+    spec = dataset_spec(cfg.dataset.name, cfg.dataset.encoding)
+    if arch.startswith("cnn") and dataset == "ag_news":
+        with pytest.raises(IncompatiblePairError, match="image"):
+            build_model(cfg.arch.name, spec)
+        return
+    model = build_model(cfg.arch.name, spec)
+    assert describe(model).family == arch.split("_")[0]
+
+
+def test_study_protocol_defaults(compose_cfg: Callable[..., DictConfig]) -> None:
+    cfg = compose_cfg()
+    assert (cfg.optim.name, cfg.optim.lr, cfg.trainer.max_steps, cfg.trainer.batch_size) == (
+        "adam",
+        1e-3,
+        2000,
+        32,
+    )
+    assert (cfg.dataset.train_subset, cfg.dataset.test_subset, cfg.tracker.probe_size) == (1500, 250, 160)
+    assert (cfg.tracker.sampling_frequency, cfg.seed) == (5, 0)
+    assert len(range(0, cfg.trainer.max_steps, cfg.tracker.sampling_frequency)) == 400
+
+
+def test_misspelt_key_fails_at_start_up(compose_cfg: Callable[..., DictConfig]) -> None:
+    with pytest.raises(ConfigCompositionException) as e:
+        compose_cfg("trainer.max_step=10")
+    assert isinstance(e.value.__cause__, ConfigAttributeError)
+    assert "max_step" in str(e.value.__cause__) and "TrainerConfig" in str(e.value.__cause__)
+
+
+def test_wrong_type_fails_at_start_up(compose_cfg: Callable[..., DictConfig]) -> None:
+    with pytest.raises(ConfigCompositionException) as e:
+        compose_cfg("trainer.batch_size=big")
+    assert isinstance(e.value.__cause__, ValidationError)
+
+
+def test_unknown_arch_names_the_choices(compose_cfg: Callable[..., DictConfig]) -> None:
+    with pytest.raises(ConfigCompositionException, match="mlp_narrow"):
+        compose_cfg("arch=mlp_tiny")
+
+
+def test_paper_sweep_is_the_studys_grid(compose_cfg: Callable[..., DictConfig]) -> None:
+    cfg = compose_cfg("+sweep=paper", return_hydra_config=True)
+    params = cfg.hydra.sweeper.params
+    archs, datasets = params.arch.split(","), params.dataset.split(",")
+    assert sorted(archs) == sorted(ARCH_NAMES) and sorted(datasets) == [
+        "ag_news",
+        "fashion_mnist",
+        "mnist",
+        "qmnist",
+    ]
+    pairs = list(itertools.product(archs, datasets))
+    compatible = [(a, d) for a, d in pairs if not (a.startswith("cnn") and d == "ag_news")]
+    assert len(pairs) == 60 and len(compatible) == 57  # 8x4 MLP + 3x3 CNN + 4x4 transformer
+    assert cfg.sweep_name == "paper" and str(cfg.hydra.mode) == "RunMode.MULTIRUN"
