@@ -8,11 +8,13 @@ A sweep directory holds one directory per run, named by its choices::
             run.json                         the run record (RUN_KEYS below), rewritten atomically
             checkpoints/step_000100.pt ...   model, optimizer, RNG and data position
             run.log                          the run's log
+            heartbeat                        touched while training (unix time inside)
             COMPLETE                         marker, written last: the run finished and its files are final
 
 ``run.json`` keys (at least): status ("running", "complete", "failed", "skipped"), arch, dataset, seed,
 family, depth, width, params, final_accuracy, n_measurements, device, git_commit, versions, timings,
-config (the resolved config), error (failed/skipped runs: the reason).
+config (the resolved config), error (failed/skipped runs: the reason), slurm (job ids, under SLURM),
+layers and n_layers (complete runs).
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ RUN_JSON = "run.json"
 CHECKPOINT_DIR = "checkpoints"
 LOG_FILE = "run.log"
 DONE_MARKER = "COMPLETE"
+#: Touched at every checkpoint and log line while the run trains; a stale one means the process died.
+HEARTBEAT = "heartbeat"
 
 #: Values of run.json's ``status``.
 STATUSES = ("running", "complete", "failed", "skipped")

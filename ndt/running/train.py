@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import platform
 import subprocess
 import sys
@@ -32,9 +33,10 @@ from ndt.data import EpochSampler, load_dataset
 from ndt.data.spec import dataset_spec
 from ndt.measure.tracker import HighFrequencyTracker
 from ndt.models import IncompatiblePairError, build_model, check_compatible, describe
-from ndt.running.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from ndt.running.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
 from ndt.running.layout import (
     DONE_MARKER,
+    HEARTBEAT,
     LOG_FILE,
     METRICS_DIR,
     is_complete,
@@ -326,11 +328,31 @@ def run_experiment(cfg: DictConfig) -> dict[str, Any]:
         return record
 
 
-def _train(cfg: DictConfig, run_dir: Path, record: dict[str, Any]) -> dict[str, Any]:
-    t = Timings()
-    device = resolve_device(cfg.trainer.device)
-    seed = int(cfg.seed)
+@dataclass
+class TrainingState:
+    """Everything one training step touches; built the same way for a run and for its replay.
 
+    Attributes:
+        model, optimizer, sampler: the trained network, its optimizer, the data order.
+        train_x, train_y, test_x, test_y: the run's subsets, on `device`.
+        probe: (probe_size, ...) the first test-subset examples, or None (measure the training batch).
+        device: where everything lives.
+    """
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    sampler: EpochSampler
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    probe: torch.Tensor | None
+    device: torch.device
+
+
+def build_training(cfg: DictConfig, device: torch.device) -> TrainingState:
+    """Data on `device`, a freshly seeded model, its optimizer and the data sampler (step 0)."""
+    seed = int(cfg.seed)
     data = load_dataset(
         cfg.dataset.name,
         data_dir=cfg.paths.data_dir,
@@ -340,19 +362,108 @@ def _train(cfg: DictConfig, run_dir: Path, record: dict[str, Any]) -> dict[str, 
         encoding=cfg.dataset.encoding,
     )
     # The study's data are small: keep them on the run's device and batch by index.
-    train_x, train_y = data.train_x.to(device), data.train_y.to(device)
-    test_x, test_y = data.test_x.to(device), data.test_y.to(device)
-    probe = test_x[: cfg.tracker.probe_size] if cfg.tracker.probe_size > 0 else None
-    t.data_s = time.perf_counter() - t.start
-
+    test_x = data.test_x.to(device)
     seed_everything(seed)
     model = build_model(cfg.arch.name, data.spec).to(device)
-    info = describe(model)
-    optimizer = make_optimizer(cfg, model.parameters())
-    sampler = EpochSampler(len(train_y), cfg.trainer.batch_size, seed)
+    return TrainingState(
+        model=model,
+        optimizer=make_optimizer(cfg, model.parameters()),
+        sampler=EpochSampler(len(data.train_y), cfg.trainer.batch_size, seed),
+        train_x=data.train_x.to(device),
+        train_y=data.train_y.to(device),
+        test_x=test_x,
+        test_y=data.test_y.to(device),
+        probe=test_x[: cfg.tracker.probe_size] if cfg.tracker.probe_size > 0 else None,
+        device=device,
+    )
+
+
+def training_step(state: TrainingState) -> torch.Tensor:
+    """One optimizer step on the sampler's next batch; returns the (device) loss."""
+    idx = state.sampler.next_batch().to(state.device, non_blocking=True)
+    loss = nn.functional.cross_entropy(state.model(state.train_x[idx]), state.train_y[idx])
+    state.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    state.optimizer.step()
+    return loss
+
+
+def checkpoint_payload(state: TrainingState, steps_done: int, elapsed_s: float) -> dict[str, Any]:
+    """What a checkpoint holds (see `ndt.running.checkpoint`)."""
+    cuda = state.device.type == "cuda"
+    return {
+        "model": state.model.state_dict(),
+        "optimizer": state.optimizer.state_dict(),
+        "sampler": state.sampler.state_dict(),
+        "rng_cpu": torch.get_rng_state(),
+        "rng_cuda": torch.cuda.get_rng_state(state.device) if cuda else None,
+        "step": steps_done,
+        "elapsed_s": elapsed_s,
+    }
+
+
+def restore(state: TrainingState, payload: dict[str, Any]) -> None:
+    """Load a checkpoint payload into `state` (model, optimizer, data position, RNG)."""
+    state.model.load_state_dict(payload["model"])
+    state.optimizer.load_state_dict(payload["optimizer"])
+    state.sampler.load_state_dict(payload["sampler"])
+    torch.set_rng_state(payload["rng_cpu"].cpu())
+    if state.device.type == "cuda" and payload.get("rng_cuda") is not None:
+        torch.cuda.set_rng_state(payload["rng_cuda"].cpu(), state.device)
+
+
+def restore_at(run_dir: str | Path, steps_done: int, device: str | torch.device = "cpu") -> TrainingState:
+    """The run's training state after exactly `steps_done` optimizer steps.
+
+    Loads the nearest checkpoint at or before `steps_done` and replays the remaining steps with the
+    run's own `training_step` (same seed, same data order); on CPU the result equals the weights an
+    uninterrupted run had at that step.
+
+    Raises:
+        FileNotFoundError: not an ndt run directory.
+        ValueError: `steps_done` outside 0..max_steps.
+    """
+    run_dir = Path(run_dir)
+    record = read_run_json(run_dir)
+    cfg = OmegaConf.create(record["config"])
+    if not 0 <= steps_done <= int(cfg.trainer.max_steps):
+        raise ValueError(
+            f"step {steps_done} is outside this run's 0..{cfg.trainer.max_steps} optimizer steps"
+        )
+    state = build_training(cfg, torch.device(device))
+    usable = [(s, p) for s, p in list_checkpoints(run_dir) if s <= steps_done]
+    start = 0
+    if usable:
+        start, path = usable[-1]
+        restore(state, load_checkpoint(path, map_location=state.device))
+    state.model.train()
+    for _ in range(start, steps_done):
+        training_step(state)
+    return state
+
+
+def heartbeat(run_dir: Path) -> None:
+    """Touch the heartbeat file: `ndt.status` tells a live run from a dead one by its age."""
+    (run_dir / HEARTBEAT).write_text(f"{time.time():.0f}\n")
+
+
+def job_ids() -> dict[str, str]:
+    """The SLURM job identifiers of this process, if any (for `ndt.status` and sacct look-ups)."""
+    keys = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_RESTART_COUNT")
+    return {k.lower(): os.environ[k] for k in keys if k in os.environ}
+
+
+def _train(cfg: DictConfig, run_dir: Path, record: dict[str, Any]) -> dict[str, Any]:
+    t = Timings()
+    device = resolve_device(cfg.trainer.device)
+    state = build_training(cfg, device)
+    t.data_s = time.perf_counter() - t.start
+    info = describe(state.model)
     record.update(
         family=info.family, depth=info.depth, width=info.width, params=info.params, device=str(device)
     )
+    if job_ids():
+        record["slurm"] = job_ids()
 
     start_step, elapsed = 0, 0.0
     metrics_dir = run_dir / METRICS_DIR
@@ -360,14 +471,9 @@ def _train(cfg: DictConfig, run_dir: Path, record: dict[str, Any]) -> dict[str, 
     found = latest_checkpoint(run_dir)
     if found is not None:
         start_step, path = found
-        state = load_checkpoint(path, map_location=device)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        sampler.load_state_dict(state["sampler"])
-        torch.set_rng_state(state["rng_cpu"].cpu())
-        if device.type == "cuda" and state.get("rng_cuda") is not None:
-            torch.cuda.set_rng_state(state["rng_cuda"].cpu(), device)
-        elapsed = float(state["elapsed_s"])
+        payload = load_checkpoint(path, map_location=device)
+        restore(state, payload)
+        elapsed = float(payload["elapsed_s"])
         resume_after = start_step - 1  # rows of steps < start_step are final; later ones are redone
         log.info("resuming %s from %s (step %d)", run_dir.name, path.name, start_step)
     elif metrics_dir.exists() and list_parts(metrics_dir):
@@ -375,18 +481,19 @@ def _train(cfg: DictConfig, run_dir: Path, record: dict[str, Any]) -> dict[str, 
         log.info("restarting %s from step 0 (no checkpoint)", run_dir.name)
     record["status"] = "running"
     write_run_json(run_dir, record)
+    heartbeat(run_dir)
 
     writer = MetricsWriter(metrics_dir, cfg.tracker.flush_every, resume_after_step=resume_after)
     tracker = HighFrequencyTracker(
-        model,
+        state.model,
         sampling_frequency=cfg.tracker.sampling_frequency,
-        probe=probe,
+        probe=state.probe,
         metrics=list(cfg.tracker.metrics),
         writer=writer,
         run_id=record["run_id"],
         arch=cfg.arch.name,
         dataset=cfg.dataset.name,
-        seed=seed,
+        seed=int(cfg.seed),
         center=cfg.tracker.center,
         sequence_reduction=cfg.tracker.sequence_reduction,
         flush_every=cfg.tracker.flush_every,
@@ -396,14 +503,10 @@ def _train(cfg: DictConfig, run_dir: Path, record: dict[str, Any]) -> dict[str, 
     progress = Progress(cfg.trainer.progress, max_steps, start_step, cfg.trainer.log_every, run_dir.name)
     t_loop = time.perf_counter()
     try:
-        model.train()
+        state.model.train()
         for step in range(start_step, max_steps):
-            epoch = sampler.epoch  # the epoch this batch belongs to
-            idx = sampler.next_batch().to(device, non_blocking=True)
-            loss = nn.functional.cross_entropy(model(train_x[idx]), train_y[idx])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            epoch = state.sampler.epoch  # the epoch this batch belongs to
+            loss = training_step(state)
 
             t_m = time.perf_counter()
             tracker.log(step, loss.detach(), epoch=epoch)  # measures after the optimizer step
@@ -420,21 +523,12 @@ def _train(cfg: DictConfig, run_dir: Path, record: dict[str, Any]) -> dict[str, 
             if (step + 1) % every == 0 or step + 1 == max_steps:
                 t_c = time.perf_counter()
                 tracker.flush()  # rows before the checkpoint reach disk first: resume never leaves a gap
-                save_checkpoint(
-                    run_dir,
-                    step + 1,
-                    {
-                        "model": model.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "sampler": sampler.state_dict(),
-                        "rng_cpu": torch.get_rng_state(),
-                        "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-                        "step": step + 1,
-                        "elapsed_s": elapsed + time.perf_counter() - t.start,
-                    },
-                    keep_last=cfg.trainer.checkpoint.keep_last,
-                )
+                payload = checkpoint_payload(state, step + 1, elapsed + time.perf_counter() - t.start)
+                save_checkpoint(run_dir, step + 1, payload, keep_last=cfg.trainer.checkpoint.keep_last)
+                heartbeat(run_dir)
                 t.checkpoint_s += time.perf_counter() - t_c
+            elif is_log_step:
+                heartbeat(run_dir)
     finally:
         progress.close()
         t_m = time.perf_counter()
@@ -443,7 +537,7 @@ def _train(cfg: DictConfig, run_dir: Path, record: dict[str, Any]) -> dict[str, 
     t.train_s = time.perf_counter() - t_loop - t.measure_s - t.checkpoint_s
 
     t_e = time.perf_counter()
-    final_accuracy = accuracy(model, test_x, test_y, cfg.trainer.eval_batch_size)
+    final_accuracy = accuracy(state.model, state.test_x, state.test_y, cfg.trainer.eval_batch_size)
     t.eval_s = time.perf_counter() - t_e
     rows = read_metrics(metrics_dir)
     t.total_s = time.perf_counter() - t.start
