@@ -33,13 +33,13 @@ test-fast: install ## run the fast tier only
 	$(PY) -m pytest -q -m "not slow"
 
 lint: install ## ruff (lint + format check) and mypy
-	$(PY) -m ruff check ndt tests scripts
-	$(PY) -m ruff format --check ndt tests scripts
+	$(PY) -m ruff check ndt tests
+	$(PY) -m ruff format --check ndt tests
 	$(PY) -m mypy
 
 format: install ## format the code with ruff
-	$(PY) -m ruff format ndt tests scripts
-	$(PY) -m ruff check --fix ndt tests scripts
+	$(PY) -m ruff format ndt tests
+	$(PY) -m ruff check --fix ndt tests
 
 bench: install ## print the benchmarks measured in one run (kernel, overhead, runs, aggregation)
 	$(PY) -m ndt.bench

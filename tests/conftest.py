@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -44,5 +45,12 @@ def ndt_run_cmd(*args: str) -> list[str]:
 
 
 def subprocess_env() -> dict[str, str]:
-    """Environment for entry-point subprocesses: unbuffered, no progress bar colours."""
+    """Environment for entry-point subprocesses: unbuffered, full Hydra tracebacks."""
     return {**os.environ, "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "1"}
+
+
+def run_ndt(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m ndt.run ARGS`` from the repo root, as a user would; output captured."""
+    return subprocess.run(
+        ndt_run_cmd(*args), cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=timeout
+    )

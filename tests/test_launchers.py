@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import REPO, ndt_run_cmd, subprocess_env
+from conftest import run_ndt
 
 from ndt.running.layout import iter_run_dirs, read_run_json
 from ndt.storage.parquet import read_metrics
@@ -20,10 +19,9 @@ LAUNCHER_ARGS = {
 @pytest.mark.slow
 @pytest.mark.parametrize("launcher", list(LAUNCHER_ARGS))
 def test_smoke_sweep_through_launcher(tmp_path: Path, launcher: str) -> None:
-    cmd = ndt_run_cmd(
+    proc = run_ndt(
         "+sweep=smoke", *LAUNCHER_ARGS[launcher], f"paths.results_dir={tmp_path}", "trainer.progress=log"
     )
-    proc = subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     runs = list(iter_run_dirs(tmp_path / "smoke"))
     assert sorted(r.name for r in runs) == [

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import REPO, ndt_run_cmd, subprocess_env
+from conftest import REPO, ndt_run_cmd, run_ndt, subprocess_env
 from omegaconf import DictConfig
 
 from ndt.running.checkpoint import list_checkpoints
@@ -93,7 +93,7 @@ def test_tracked_digits_training_learns_and_measures_the_studys_layers(
 
 @pytest.mark.slow
 def test_multirun_makes_two_runs_and_the_same_command_skips_them(tmp_path: Path) -> None:
-    cmd = ndt_run_cmd(
+    args = (
         "-m",
         "arch=mlp_narrow,cnn_shallow",
         "dataset=digits",
@@ -101,13 +101,13 @@ def test_multirun_makes_two_runs_and_the_same_command_skips_them(tmp_path: Path)
         f"paths.results_dir={tmp_path}",
         "trainer.progress=log",
     )
-    first = subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=600)
+    first = run_ndt(*args)
     assert first.returncode == 0, first.stderr[-3000:]
     runs = sorted((tmp_path / "single").glob("*__digits__s0"))
     assert [r.name for r in runs] == ["cnn_shallow__digits__s0", "mlp_narrow__digits__s0"]
     assert all(read_run_json(r)["status"] == "complete" for r in runs)
     stamps = {r: (r / "run.json").stat().st_mtime_ns for r in runs}
-    second = subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=600)
+    second = run_ndt(*args)
     assert second.returncode == 0, second.stderr[-3000:]
     assert sum(ln.startswith("complete: ") for ln in second.stdout.splitlines()) == 2
     assert "skipping" in (runs[0] / "run.log").read_text()
@@ -146,25 +146,11 @@ def test_killed_run_resumes_exactly(tmp_path: Path) -> None:
     last = max(s for s, _ in list_checkpoints(run_dir))
     assert 150 <= last < 400
 
-    resumed = subprocess.run(
-        ndt_run_cmd(*common, f"paths.results_dir={killed}"),
-        cwd=REPO,
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    resumed = run_ndt(*common, f"paths.results_dir={killed}")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resuming mlp_narrow__digits__s0 from step_{last:06d}.pt" in (run_dir / "run.log").read_text()
     straight = tmp_path / "straight"
-    ok = subprocess.run(
-        ndt_run_cmd(*common, f"paths.results_dir={straight}"),
-        cwd=REPO,
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    ok = run_ndt(*common, f"paths.results_dir={straight}")
     assert ok.returncode == 0, ok.stderr[-3000:]
 
     a = read_metrics(run_dir / "metrics")
