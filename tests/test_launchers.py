@@ -11,7 +11,7 @@ from ndt.running.layout import iter_run_dirs, read_run_json
 from ndt.storage.parquet import read_metrics
 
 LAUNCHER_ARGS = {
-    "joblib": ("hydra/launcher=joblib", "hydra.launcher.n_jobs=2"),
+    "joblib": ("hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "trainer.num_threads=1"),
     "submitit_local": ("hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10"),
 }
 

@@ -34,6 +34,7 @@ class TrainerConfig:
     log_every: int = 100
     progress: str = "auto"
     eval_batch_size: int = 1024
+    num_threads: int | None = None
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
 

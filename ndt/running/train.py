@@ -455,6 +455,8 @@ def job_ids() -> dict[str, str]:
 
 def _train(cfg: DictConfig, run_dir: Path, record: dict[str, Any]) -> dict[str, Any]:
     t = Timings()
+    if cfg.trainer.num_threads:
+        torch.set_num_threads(int(cfg.trainer.num_threads))
     device = resolve_device(cfg.trainer.device)
     state = build_training(cfg, device)
     t.data_s = time.perf_counter() - t.start
