@@ -47,6 +47,9 @@ bench: install ## print the benchmarks measured in one run (kernel, overhead, ru
 tables: install ## regenerate the appendix tables of SWEEP (default results/paper) into SWEEP/tables
 	$(PY) -m ndt.tables $(SWEEP)
 
+investigate: install ## report on the largest jump of RUN (a run directory)
+	$(PY) -m ndt.investigate $(RUN)
+
 import-legacy: install ## convert the study's JSON results in LEGACY_DIR into the sweep SWEEP
 	$(PY) -m ndt.importers.legacy $(LEGACY_DIR) $(SWEEP)
 
@@ -57,4 +60,4 @@ clean: ## remove caches and build files (keeps results/ and .venv)
 	rm -rf .pytest_cache .mypy_cache .ruff_cache build dist *.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
-.PHONY: help install run smoke sweep test test-fast lint format bench tables import-legacy validate-detector clean
+.PHONY: help install run smoke sweep test test-fast lint format bench tables investigate import-legacy validate-detector clean

@@ -1,0 +1,738 @@
+"""Investigate one moment of a run: replay the model just before and just after it, compare the two.
+
+`investigate(run_dir, options)` is the whole job behind ``python -m ndt.investigate``:
+
+1. read the run (run.json, Parquet) and pick the two measurement steps (`ndt.report.moments`);
+2. rebuild the model at both with `ndt.running.train.restore_at` (nearest checkpoint, then deterministic
+   replay of the run's own training step) and continue the replay from *before* to *after*;
+3. capture the probe's activations at both (the tracker's probe, layers and reductions), check them
+   against the recorded metrics, and compare them with `ActivationAnalyzer` (CKA, principal angles,
+   metric changes, PCA, spectra);
+4. draw the figures (`ndt.report.figures`, attribution maps from `FeatureVisualizer`) and write
+   ``report.html`` (self-contained) and ``summary.json`` (`ndt.report.html` lists the keys).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+import ndt
+from ndt.aggregate.summaries import check_metric, layer_mean_series
+from ndt.analysis.analyzer import ActivationAnalyzer, LayerAnalysis
+from ndt.analysis.comparison import principal_angles
+from ndt.analysis.jumps import JumpDetector, Jumps
+from ndt.analysis.robust import RobustJumpDetector
+from ndt.analysis.visualize import FeatureVisualizer
+from ndt.measure.capture import ActivationCapture
+from ndt.models import describe
+from ndt.report import figures
+from ndt.report.html import FigureBlock, render_report
+from ndt.report.moments import Moments, choose_moments, rank_events
+from ndt.report.options import InvestigateOptions, InvestigationError
+from ndt.running.checkpoint import list_checkpoints
+from ndt.running.layout import METRICS_DIR, read_run_json
+from ndt.running.train import resolve_device, restore_at, training_step
+from ndt.storage.parquet import read_metrics
+from ndt.storage.schema import METRIC_COLUMNS
+
+log = logging.getLogger("ndt.investigate")
+
+#: Probe size when the run measured its training batches (tracker.probe_size 0): the study's 160.
+FALLBACK_PROBE = 160
+#: Recomputed and recorded metrics agreeing to this relative difference confirm the replay.
+REPLAY_TOLERANCE = 1e-4
+#: The z threshold of each detector's default settings (drawn on the series figure).
+DETECTOR_THRESHOLDS = {"study": JumpDetector().threshold, "robust": RobustJumpDetector().threshold}
+#: Largest principal subspace compared per layer (`dominant_angles`).
+ANGLES_MAX_K = 10
+#: Config keys a replay needs (`ndt.running.train.build_training` reads the rest with them).
+REPLAY_KEYS = (
+    "arch.name",
+    "dataset.name",
+    "seed",
+    "trainer.max_steps",
+    "trainer.batch_size",
+    "tracker.sampling_frequency",
+    "tracker.probe_size",
+)
+SUMMARY_FILE = "summary.json"
+REPORT_FILE = "report.html"
+INVESTIGATE_DIR = "investigate"
+
+
+@dataclass(frozen=True)
+class Replay:
+    """The model at both moments, and how it was obtained.
+
+    Attributes:
+        before, after: the network after `steps_done` (before, after) optimizer steps, in eval mode.
+        probe: (n, ...) the run's probe inputs, on the replay device.
+        labels: (n,) their classes.
+        checkpoint: optimizer steps of the checkpoint the replay started from (0: from initialisation).
+        replayed: optimizer steps replayed (from the checkpoint to *after*).
+        seconds: wall time of the replay.
+    """
+
+    before: nn.Module
+    after: nn.Module
+    probe: torch.Tensor
+    labels: torch.Tensor
+    checkpoint: int
+    replayed: int
+    seconds: float
+
+
+def replay_pair(run_dir: Path, steps_done: tuple[int, int], device: str | torch.device) -> Replay:
+    """Restore a run after `steps_done[0]` optimizer steps, then continue to `steps_done[1]`.
+
+    The continuation runs the same `training_step` that `restore_at` replays with, so the after-state is
+    the one `restore_at(run_dir, steps_done[1])` gives (bit-identical on CPU) without loading the data and
+    replaying from a checkpoint a second time.
+
+    Args:
+        run_dir: the run directory.
+        steps_done: (a, b) optimizer steps, a < b.
+        device: where to replay ("cpu" is bit-exact; see `ndt.running.train.resolve_device` for "auto").
+    """
+    a, b = steps_done
+    t0 = time.perf_counter()
+    state = restore_at(run_dir, a, resolve_device(device) if isinstance(device, str) else device)
+    before = copy.deepcopy(state.model).eval()
+    # Nothing above touched torch's RNG after restore_at returned (deepcopy draws no random numbers), so
+    # the dropout masks of the continued steps are the ones the run drew.
+    for _ in range(a, b):
+        training_step(state)
+    after = state.model.eval()
+    probe = state.probe if state.probe is not None else state.test_x[:FALLBACK_PROBE]
+    checkpoint = max((s for s, _ in list_checkpoints(run_dir) if s <= a), default=0)
+    return Replay(
+        before=before,
+        after=after,
+        probe=probe,
+        labels=state.test_y[: len(probe)],
+        checkpoint=checkpoint,
+        replayed=b - checkpoint,
+        seconds=time.perf_counter() - t0,
+    )
+
+
+@torch.no_grad()
+def capture_probe(
+    model: nn.Module, probe: torch.Tensor, layers: Sequence[str] | None, sequence_reduction: str
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The probe's activations and logits, as the tracker measures them (eval mode, no grad).
+
+    Args:
+        model: the network (its train/eval flag is restored afterwards).
+        probe: (n, ...) inputs.
+        layers: module names, or None for the tracker's default selection.
+        sequence_reduction: the run's policy for (B, S, F) outputs.
+
+    Returns:
+        ({layer: (n, k_layer) float32 array}, in model order; (n, classes) float64 logits).
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        with ActivationCapture(model, layers, sequence_reduction=sequence_reduction) as cap:
+            logits = model(probe)
+        order = cap.layer_names
+    finally:
+        model.train(was_training)
+    acts = {name: cap.activations[name].float().cpu().numpy() for name in order if name in cap.activations}
+    return acts, logits.double().cpu().numpy()
+
+
+def _cross_entropy(logits: np.ndarray, labels: np.ndarray) -> float:
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_softmax = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    return float(-log_softmax[np.arange(len(labels)), labels].mean())
+
+
+def dominant_angles(
+    before: dict[str, np.ndarray],
+    after: dict[str, np.ndarray],
+    an_b: dict[str, LayerAnalysis],
+    an_a: dict[str, LayerAnalysis],
+    max_k: int = ANGLES_MAX_K,
+) -> dict[str, np.ndarray]:
+    """Principal angles between the subspaces that carry each layer's variance, before and after.
+
+    For each layer, k = the components holding 90% of the centred variance at either moment (the larger
+    of the two counts, at most `max_k`), and the angles are those between the top-k principal subspaces
+    over the probe samples (`ndt.analysis.principal_angles`, sample space). A fixed k would compare
+    directions of negligible variance too: in a layer whose first component holds 99% of the variance,
+    the 2nd..10th directions are noise, and their large angles would hide that the layer did not move.
+
+    Args:
+        before, after: {layer: (n, k_layer)} captures of the same probe.
+        an_b, an_a: their analyses (for the 90% counts).
+        max_k: cap on k.
+
+    Returns:
+        {layer: (k_eff,) angles in radians, ascending}.
+    """
+    out = {}
+    for name in before:
+        k = int(max(an_b[name].summary()["pcs_90"], an_a[name].summary()["pcs_90"]))
+        out[name] = principal_angles(before[name], after[name], max(1, min(k, max_k)))
+    return out
+
+
+def change_table(
+    comparison: pd.DataFrame,
+    angles: dict[str, np.ndarray],
+    before: dict[str, LayerAnalysis],
+    after: dict[str, LayerAnalysis],
+    recorded: pd.DataFrame,
+    moments: Moments,
+    metric: str,
+) -> pd.DataFrame:
+    """One row per layer, most changed first (by 1 - CKA, then by mean principal angle).
+
+    Args:
+        comparison: `ActivationAnalyzer.compare` of the two captures.
+        angles: {layer: principal angles in radians} (`dominant_angles`); they replace the comparison's.
+        before, after: `ActivationAnalyzer.analyze` of each.
+        recorded: the run's metric rows (for the recorded values at both steps).
+        moments: the two steps.
+        metric: the investigated metric.
+
+    Returns:
+        Columns: layer, layer_order (model order), n_features, change (1 - CKA), cka, n_angles,
+        angle_mean, angle_max (radians), angle_mean_deg, angle_max_deg, `metric`_before/_after/_delta,
+        `metric`_delta_pct, recorded_before/_after (the Parquet value of `metric`, NaN when that layer
+        was not recorded), pc1_before/_after (variance share of the first principal component),
+        pcs90_before/_after (components for 90% of the centred variance), then the analyzer's
+        ``<m>_before/_after/_delta`` for every metric m.
+    """
+    t = comparison.copy()
+    t.insert(1, "layer_order", np.arange(len(t)))
+    t.insert(2, "n_features", [before[n].n_features for n in t["layer"]])
+    t.insert(3, "change", 1.0 - t["cka"])
+    t["n_angles"] = [float(angles[n].size) for n in t["layer"]]
+    t["angle_mean"] = [float(angles[n].mean()) if angles[n].size else math.nan for n in t["layer"]]
+    t["angle_max"] = [float(angles[n].max()) if angles[n].size else math.nan for n in t["layer"]]
+    t["angle_mean_deg"] = np.degrees(t["angle_mean"])
+    t["angle_max_deg"] = np.degrees(t["angle_max"])
+    b, a = t[f"{metric}_before"], t[f"{metric}_after"]
+    t[f"{metric}_delta_pct"] = 100.0 * (a - b) / b.abs().where(b.abs() > 0)
+    rec = recorded.set_index(["step", "layer"])[metric]
+    for col, step in (("recorded_before", moments.before), ("recorded_after", moments.after)):
+        t[col] = [float(rec.get((step, n), math.nan)) for n in t["layer"]]
+    for col, source in (("before", before), ("after", after)):
+        summaries = {n: source[n].summary() for n in t["layer"]}
+        t[f"pc1_{col}"] = [summaries[n]["pc1_ratio"] for n in t["layer"]]
+        t[f"pcs90_{col}"] = [summaries[n]["pcs_90"] for n in t["layer"]]
+    t = t.sort_values(["change", "angle_mean"], ascending=False, na_position="last", kind="stable")
+    return t.reset_index(drop=True)
+
+
+def replay_check(
+    recorded: pd.DataFrame, analyses: dict[int, dict[str, LayerAnalysis]], metrics: Sequence[str]
+) -> dict[str, Any]:
+    """Compare the metrics of the replayed captures with the ones the run recorded at the same steps.
+
+    A match says the replay rebuilt the very model the tracker measured (and that step s means the
+    weights after s + 1 optimizer steps).
+
+    Args:
+        recorded: the run's metric rows.
+        analyses: {measurement step: {layer: LayerAnalysis}}.
+        metrics: metric columns the run recorded.
+
+    Returns:
+        {"max_rel_diff": largest |recomputed - recorded| / |recorded| over layers, metrics and both
+        steps (None when nothing recorded matches), "n_values": values compared, "ok": max_rel_diff <=
+        REPLAY_TOLERANCE, "tolerance"}.
+    """
+    rows = recorded.set_index(["step", "layer"])
+    worst, n = 0.0, 0
+    for step, layers in analyses.items():
+        for layer, analysis in layers.items():
+            if (step, layer) not in rows.index:
+                continue
+            for m in metrics:
+                ref = float(rows.at[(step, layer), m])
+                new = analysis.metrics.get(m, math.nan)
+                if not (math.isfinite(ref) and math.isfinite(new)):
+                    continue
+                worst = max(worst, abs(new - ref) / max(abs(ref), 1e-12))
+                n += 1
+    return {
+        "max_rel_diff": worst if n else None,
+        "n_values": n,
+        "ok": bool(n) and worst <= REPLAY_TOLERANCE,
+        "tolerance": REPLAY_TOLERANCE,
+    }
+
+
+def _pick_examples(pred_b: np.ndarray, pred_a: np.ndarray, k: int) -> np.ndarray:
+    """Up to k probe indices: examples whose prediction changed first (what moved), then the others."""
+    changed = np.flatnonzero(pred_b != pred_a)
+    rest = np.flatnonzero(pred_b == pred_a)
+    return np.sort(np.concatenate([changed, rest])[:k])
+
+
+def visual_blocks(
+    replay: Replay,
+    family: str,
+    table: pd.DataFrame,
+    preds: tuple[np.ndarray, np.ndarray],
+    moments: Moments,
+    samples: int,
+) -> list[FigureBlock]:
+    """The visualizer figures that suit the model family and input.
+
+    - image inputs (any family): saliency |d logit_label / d input|, max over channels;
+    - CNNs: Grad-CAM of the last conv layer; feature maps of the most-changed conv layer;
+    - Transformers: per-head attention weights of every attention layer, for one example.
+
+    Attributions target the true label at both moments, so the two maps answer the same question.
+    """
+    blocks: list[FigureBlock] = []
+    idx = _pick_examples(preds[0], preds[1], samples)
+    x = replay.probe[idx]
+    y = replay.labels[idx]
+    labels = y.cpu().numpy()
+    titles = [f"y={labels[i]}  {preds[0][j]}→{preds[1][j]}" for i, j in enumerate(idx)]
+    vis_b, vis_a = FeatureVisualizer(replay.before), FeatureVisualizer(replay.after)
+    a, b = moments.before, moments.after
+    images = x.detach().float().cpu().numpy()
+    is_image = x.is_floating_point() and x.ndim == 4
+    caption_pick = (
+        "Columns: probe examples whose prediction changed between the two steps first, then others; "
+        "titles give the label and the prediction before→after."
+    )
+    if is_image and family == "cnn":
+        cam_b, cam_a = vis_b.grad_cam(x, y), vis_a.grad_cam(x, y)
+        last_conv = [n for n, m in replay.after.named_modules() if isinstance(m, nn.Conv2d)][-1]
+        blocks.append(
+            FigureBlock(
+                "gradcam",
+                f"Grad-CAM ({last_conv}, target = true label)",
+                figures.attribution_figure(images, cam_b, cam_a, titles, a, b, overlay=True),
+                f"Where the last conv layer's evidence for the true class lies, at step {a} (middle row) and "
+                f"step {b} (bottom row); each map is scaled to its own maximum. {caption_pick}",
+            )
+        )
+    if is_image:
+        sal_b = vis_b.saliency(x, y).max(axis=1)
+        sal_a = vis_a.saliency(x, y).max(axis=1)
+        blocks.append(
+            FigureBlock(
+                "saliency",
+                "Saliency (|d logit of the true label / d input|)",
+                figures.attribution_figure(images, sal_b, sal_a, titles, a, b, overlay=False),
+                f"Input pixels the true-class logit is most sensitive to; each column's two maps share one "
+                f"colour scale, so a brighter map is a more sensitive model. {caption_pick}",
+            )
+        )
+    if is_image and family == "cnn":
+        modules = dict(replay.after.named_modules())
+        convs = [n for n in table["layer"] if isinstance(modules[n], nn.Conv2d)]
+        if convs:
+            layer = convs[0]  # the table is sorted by change
+            fm_b = vis_b.feature_maps(x[:1], layer)[0]
+            fm_a = vis_a.feature_maps(x[:1], layer)[0]
+            blocks.append(
+                FigureBlock(
+                    "feature_maps",
+                    f"Feature maps of {layer} (the most-changed conv layer), first example",
+                    figures.feature_map_figure(fm_b, fm_a, a, b),
+                    f"Pre-activation outputs of the first 16 channels for probe example {int(idx[0])} "
+                    f"(label {int(labels[0])}); top block step {a}, bottom block step {b}.",
+                )
+            )
+    if family == "transformer":
+        att_b = vis_b.attention_maps(x[:1])
+        att_a = vis_a.attention_maps(x[:1])
+        blocks.append(
+            FigureBlock(
+                "attention",
+                "Attention weights, first example",
+                figures.attention_figure(
+                    {n: w[0] for n, w in att_b.items()}, {n: w[0] for n, w in att_a.items()}, a, b
+                ),
+                f"Rows: attention layers; left half the heads at step {a}, right half at step {b}; "
+                "each cell (query row, key column) is an attention weight, one colour scale per layer.",
+            )
+        )
+    return blocks
+
+
+def findings(table: pd.DataFrame, summary: dict[str, Any], metric: str, top: int) -> list[str]:
+    """A few plain sentences on what changed, for the top of the report and summary.json."""
+    m = summary["moments"]
+    out = []
+    mb, ma = m["before"]["mean_metric"], m["after"]["mean_metric"]
+    if mb is not None and ma is not None:
+        pct = f" ({100 * (ma - mb) / abs(mb):+.1f}%)" if mb else ""
+        out.append(
+            f"The layer-mean {metric} went from {mb:.3f} at step {m['before']['step']} to {ma:.3f} at step "
+            f"{m['after']['step']}{pct}."
+        )
+    ranked = table.dropna(subset=["cka"])
+    if len(ranked):
+        parts = [
+            f"{r.layer} (CKA {r.cka:.3f}, mean principal angle {r.angle_mean_deg:.0f}°, {metric} "
+            f"{getattr(r, metric + '_before'):.2f} → {getattr(r, metric + '_after'):.2f})"
+            for r in ranked.head(top).itertuples()
+        ]
+        out.append("Most changed: " + "; ".join(parts) + ".")
+        least = ranked.iloc[-1]
+        if len(ranked) > top:
+            out.append(f"Least changed: {least.layer} (CKA {least.cka:.3f}).")
+    deltas = table[f"{metric}_delta"]
+    if deltas.notna().any():
+        i = int(deltas.abs().idxmax())
+        out.append(
+            f"The largest {metric} change is in {table.at[i, 'layer']} ({deltas[i]:+.3f}, "
+            f"{table.at[i, f'{metric}_delta_pct']:+.1f}%)."
+        )
+    p = summary["probe"]
+    out.append(
+        f"On the {p['n']}-example probe, accuracy went from {100 * p['accuracy_before']:.1f}% to "
+        f"{100 * p['accuracy_after']:.1f}% and the loss from {p['loss_before']:.3f} to {p['loss_after']:.3f}; "
+        f"{p['changed_predictions']} prediction(s) changed."
+    )
+    return out
+
+
+def _jsonable(value: Any) -> Any:
+    """NaN/inf -> None and numpy scalars -> Python, recursively (strict JSON has no NaN)."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+@dataclass(frozen=True)
+class InvestigationResult:
+    """What `investigate` wrote.
+
+    Attributes:
+        out_dir: the output directory.
+        report: path of report.html.
+        summary_path: path of summary.json.
+        summary: the content of summary.json.
+        table: the per-layer change table (`change_table`).
+    """
+
+    out_dir: Path
+    report: Path
+    summary_path: Path
+    summary: dict[str, Any] = field(repr=False)
+    table: pd.DataFrame = field(repr=False)
+
+
+def load_run(run: Path, metric: str) -> tuple[dict[str, Any], DictConfig, pd.DataFrame]:
+    """The run record, its resolved config and its metric rows, checked for an investigation.
+
+    Raises:
+        FileNotFoundError: not an ndt run directory (no run.json), or no metrics directory.
+        InvestigationError: no resolved config (cannot be replayed), no rows, `metric` not recorded.
+        ValueError: unknown metric.
+    """
+    record = read_run_json(run)
+    config = record.get("config")
+    cfg = OmegaConf.create(config if isinstance(config, dict) else {})
+    missing = [key for key in REPLAY_KEYS if OmegaConf.select(cfg, key) is None]
+    if missing:
+        raise InvestigationError(
+            f"{run}'s run.json has no resolved config with {', '.join(missing)}: it was not trained by "
+            "python -m ndt.run (an imported legacy run?), so it cannot be replayed"
+        )
+    check_metric(metric)
+    rows = read_metrics(run / METRICS_DIR)
+    if rows.empty:
+        raise InvestigationError(f"{run} has no metric rows (status {record.get('status')!r})")
+    if not rows[metric].notna().any():
+        recorded = [m for m in METRIC_COLUMNS if rows[m].notna().any()]
+        raise InvestigationError(
+            f"metric {metric} was not recorded in {run}; recorded: {', '.join(recorded)}"
+        )
+    return record, cfg, rows
+
+
+def replay_device(name: str) -> torch.device:
+    """The torch device for ``device=name`` ("auto": CUDA when present, else CPU).
+
+    Raises:
+        InvestigationError: not a device name, or CUDA asked for and not visible.
+    """
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise InvestigationError(f"device={name}: no CUDA device is visible; use device=cpu or device=auto")
+    try:
+        return resolve_device(name)
+    except RuntimeError:
+        raise InvestigationError(f"device={name} is not a device; use cpu, auto, cuda or cuda:N") from None
+
+
+def _command(run: Path, opts: InvestigateOptions, moments: Moments) -> str:
+    """The command line that reproduces this investigation."""
+    parts = ["python -m ndt.investigate", str(run)]
+    parts.append(f"step={opts.step}" if opts.step is not None else f"jump={moments.rank}")
+    parts += [f"metric={opts.metric}", f"detector={opts.detector}"]
+    if opts.layers:
+        parts.append(f"layers={','.join(opts.layers)}")
+    if opts.out is not None:
+        parts.append(f"out={opts.out}")
+    return " ".join(parts)
+
+
+def investigate(
+    run_dir: str | os.PathLike[str], options: InvestigateOptions | None = None
+) -> InvestigationResult:
+    """Investigate one jump (or step) of a run and write report.html and summary.json.
+
+    Args:
+        run_dir: an ndt run directory (run.json with the resolved config, metrics/, checkpoints/).
+        options: what to investigate (default: the largest jump of the layer-mean participation ratio).
+
+    Returns:
+        `InvestigationResult`.
+
+    Raises:
+        FileNotFoundError: `run_dir` is not an ndt run directory (no run.json), or has no metrics.
+        InvestigationError: the run cannot be replayed (no config), has no metric rows, no such jump,
+            a step outside the run, unknown layers or metric not recorded.
+        ValueError: unknown metric.
+    """
+    opts = options or InvestigateOptions()
+    t_start = time.perf_counter()
+    run = Path(run_dir)
+    record, cfg, rows = load_run(run, opts.metric)
+    device = replay_device(opts.device)
+    steps, mean = layer_mean_series(rows["step"].to_numpy(), rows[opts.metric].to_numpy())
+    moments, jumps = choose_moments(
+        steps,
+        mean,
+        max_steps=int(cfg.trainer.max_steps),
+        jump=opts.jump_rank,
+        step=opts.step,
+        detector=opts.detector,
+        series=f"{run.name}'s layer-mean {opts.metric}",
+    )
+    log.info("%s: %s", run.name, moments.note)
+
+    replay = replay_pair(run, moments.steps_done, device)
+    log.info(
+        "replayed %d step(s) from checkpoint %d in %.1fs", replay.replayed, replay.checkpoint, replay.seconds
+    )
+    reduction = str(cfg.tracker.sequence_reduction)
+    try:
+        acts_b, logits_b = capture_probe(replay.before, replay.probe, opts.layers, reduction)
+    except KeyError:
+        measured = list(record.get("layers") or rows["layer"].unique())
+        raise InvestigationError(
+            f"layers={','.join(opts.layers or ())}: not all are modules of {record.get('arch')}; "
+            f"the measured layers are {','.join(measured)}"
+        ) from None
+    acts_a, logits_a = capture_probe(replay.after, replay.probe, opts.layers, reduction)
+
+    t_an = time.perf_counter()
+    # No clustering or t-SNE: they would take most of the time and the report shows PCA scatter plots.
+    analyzer = ActivationAnalyzer(clustering=False, embed_method=None, center=bool(cfg.tracker.center))
+    an_b, an_a = analyzer.analyze(acts_b), analyzer.analyze(acts_a)
+    angles = dominant_angles(acts_b, acts_a, an_b, an_a)
+    table = change_table(analyzer.compare(acts_b, acts_a), angles, an_b, an_a, rows, moments, opts.metric)
+    recorded_metrics = [m for m in METRIC_COLUMNS if rows[m].notna().any()]
+    check = replay_check(rows, {moments.before: an_b, moments.after: an_a}, recorded_metrics)
+    if not check["ok"]:
+        log.warning(
+            "the replayed model's metrics differ from the recorded ones (max relative difference %s): "
+            "the replay did not rebuild the measured model exactly",
+            check["max_rel_diff"],
+        )
+    analysis_s = time.perf_counter() - t_an
+
+    labels = replay.labels.cpu().numpy()
+    pred_b, pred_a = logits_b.argmax(axis=1), logits_a.argmax(axis=1)
+    family = str(record.get("family") or describe(replay.after).family)
+    series_at = dict(zip(steps.tolist(), mean.tolist(), strict=True))
+    summary: dict[str, Any] = {
+        "ndt_version": ndt.__version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": _command(run, opts, moments),
+        "run": {
+            "dir": str(run.resolve()),
+            "run_id": record.get("run_id", run.name),
+            "arch": record.get("arch"),
+            "dataset": record.get("dataset"),
+            "seed": record.get("seed"),
+            "family": family,
+            "status": record.get("status"),
+            "final_accuracy": record.get("final_accuracy"),
+            "max_steps": int(cfg.trainer.max_steps),
+            "sampling_frequency": int(cfg.tracker.sampling_frequency),
+        },
+        "selection": {
+            "kind": moments.kind,
+            "jump": moments.rank,
+            "requested_step": moments.requested_step,
+            "metric": opts.metric,
+            "detector": opts.detector,
+            "n_events": moments.n_events,
+            "note": moments.note,
+        },
+        "event": None if moments.event is None else {"rank": moments.rank, **asdict(moments.event)},
+        "events": [{"rank": r, **asdict(e)} for r, e in enumerate(rank_events(jumps), start=1)],
+        "moments": {
+            name: {"step": step, "steps_done": step + 1, "mean_metric": series_at.get(step)}
+            for name, step in (("before", moments.before), ("after", moments.after))
+        },
+        "replay": {
+            "device": str(device),
+            "checkpoint": replay.checkpoint,
+            "replayed_steps": replay.replayed,
+            "seconds": round(replay.seconds, 3),
+            "check": check,
+        },
+        "probe": {
+            "n": len(labels),
+            "accuracy_before": float((pred_b == labels).mean()),
+            "accuracy_after": float((pred_a == labels).mean()),
+            "loss_before": _cross_entropy(logits_b, labels),
+            "loss_after": _cross_entropy(logits_a, labels),
+            "changed_predictions": int((pred_b != pred_a).sum()),
+        },
+        "layers": table.to_dict(orient="records"),
+        "most_changed": table.dropna(subset=["cka"])["layer"].head(opts.top).tolist(),
+    }
+    summary["findings"] = findings(table, summary, opts.metric, opts.top)
+
+    t_fig = time.perf_counter()
+    blocks = figure_blocks(rows, steps, mean, jumps, moments, table, an_b, an_a, labels, opts)
+    blocks += visual_blocks(replay, family, table, (pred_b, pred_a), moments, opts.samples)
+    figures_s = time.perf_counter() - t_fig
+    summary["figures"] = [{"name": b.name, "title": b.title} for b in blocks]
+    summary["timings"] = {
+        "replay_s": round(replay.seconds, 3),
+        "analysis_s": round(analysis_s, 3),
+        "figures_s": round(figures_s, 3),
+        "total_s": round(time.perf_counter() - t_start, 3),
+    }
+    summary = _jsonable(summary)
+    out_dir = Path(opts.out) if opts.out is not None else run / INVESTIGATE_DIR / moments.label
+    out_dir.mkdir(parents=True, exist_ok=True)  # only now: a failed investigation leaves no empty folder
+    summary_path = out_dir / SUMMARY_FILE
+    summary_path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    report = out_dir / REPORT_FILE
+    report.write_text(render_report(summary, table, blocks), encoding="utf-8")
+    log.info("report: %s", report.resolve())
+    return InvestigationResult(
+        out_dir=out_dir, report=report, summary_path=summary_path, summary=summary, table=table
+    )
+
+
+def figure_blocks(
+    rows: pd.DataFrame,
+    steps: np.ndarray,
+    mean: np.ndarray,
+    jumps: Jumps,
+    moments: Moments,
+    table: pd.DataFrame,
+    an_b: dict[str, LayerAnalysis],
+    an_a: dict[str, LayerAnalysis],
+    labels: np.ndarray,
+    opts: InvestigateOptions,
+) -> list[FigureBlock]:
+    """The figures every report has: series, change per layer, PCA scatter, spectra."""
+    metric, a, b = opts.metric, moments.before, moments.after
+    ordered = rows.sort_values(["layer_index", "step"], kind="stable")
+    per_layer = {
+        str(name): (g["step"].to_numpy(), g[metric].to_numpy(dtype=np.float64))
+        for name, g in ordered.groupby("layer", sort=False, observed=True)
+    }
+    highlight = None if moments.event is None else (moments.event.start_step, moments.event.end_step)
+    in_order = table.sort_values("layer_order")
+    top = table.dropna(subset=["cka"])["layer"].head(opts.top).tolist()
+    pca_panels = {
+        n: (
+            an_b[n].pca.scores[:, :2],
+            figures.align_signs(an_b[n].pca.scores[:, :2], an_a[n].pca.scores[:, :2]),
+            an_b[n].pca.explained_variance_ratio[:2],
+            an_a[n].pca.explained_variance_ratio[:2],
+        )
+        for n in top
+    }
+    blocks = [
+        FigureBlock(
+            "series",
+            f"{metric} over training",
+            figures.series_figure(
+                steps,
+                mean,
+                per_layer,
+                jumps,
+                a,
+                b,
+                metric=metric,
+                highlight=highlight,
+                threshold=DETECTOR_THRESHOLDS.get(opts.detector),
+            ),
+            f"Left: the whole run; right: a zoom around the compared steps {a} (blue) and {b} (red). Top: the "
+            f"layer-mean series the detector ({opts.detector}) ran on, with its events shaded (the investigated "
+            "one darker); middle: each layer; bottom: the detector's z-score.",
+        ),
+        FigureBlock(
+            "change",
+            "How much each layer changed",
+            figures.change_figure(
+                in_order["layer"].tolist(),
+                in_order["cka"].to_numpy(),
+                in_order["angle_mean_deg"].to_numpy(),
+                in_order[f"{metric}_delta_pct"].to_numpy(),
+                metric,
+            ),
+            "Layers in model order (input at the top). 1 - CKA and the mean principal angle between the top "
+            "principal subspaces (over the probe samples) measure how much the geometry of the representation "
+            f"moved; the last panel is the relative change of {metric}.",
+        ),
+    ]
+    if pca_panels:
+        blocks.append(
+            FigureBlock(
+                "pca",
+                f"PCA of the probe in the most-changed layer{'s' if len(pca_panels) > 1 else ''}",
+                figures.pca_figure(pca_panels, labels, a, b),
+                "Each point is a probe example, coloured by its label, in the first two principal components "
+                "of the layer's (centred) activations; the after-components are sign-aligned with the "
+                "before-components so that an unchanged direction is not mirrored.",
+            )
+        )
+    blocks.append(
+        FigureBlock(
+            "spectrum",
+            "Singular-value spectra",
+            figures.spectrum_figure(
+                {n: (an_b[n].singular_values, an_a[n].singular_values) for n in in_order["layer"]}, a, b
+            ),
+            "Singular values of each layer's probe activations (uncentred unless the run centred: the spectrum "
+            f"the metrics come from), divided by the largest; step {a} in blue, step {b} in red. A flatter "
+            "curve is a higher-dimensional representation.",
+        )
+    )
+    return blocks

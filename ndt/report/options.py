@@ -1,0 +1,149 @@
+"""The options of ``python -m ndt.investigate`` and their small typed ``key=value`` parser.
+
+The syntax is Hydra's override syntax without Hydra: ``RUN_DIR jump=2 layers=hidden.0,fc``. Each
+option is a field of `InvestigateOptions`, converted from text by `CONVERTERS`, so a typo in a key or a
+wrong type fails at once with a message that lists the valid keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+from ndt.aggregate.summaries import DEFAULT_METRIC
+
+Detector = Literal["study", "robust"]
+DETECTORS: tuple[str, ...] = get_args(Detector)
+
+
+class InvestigationError(ValueError):
+    """A request `investigate` cannot serve (bad option, step or jump); the message says what to do."""
+
+
+@dataclass(frozen=True)
+class InvestigateOptions:
+    """What to investigate and how (the ``key=value`` options of the command).
+
+    Attributes:
+        jump: rank of the jump event by peak magnitude (1 = the largest). Used when `step` is None.
+        step: investigate the measurement at this training step instead of a jump (rounded to the
+            nearest measured step; ties go to the earlier one).
+        layers: module names to capture and compare; None = what the tracker measured.
+        metric: metric whose layer-mean series is searched for jumps (the tables' default).
+        detector: "study" (the study's z > 2 detector) or "robust" (`ndt.analysis.robust`).
+        device: where the replay runs ("cpu" replays bit-exactly; "auto" or "cuda" are faster).
+        out: output directory; default ``RUN_DIR/investigate/<step_a>-<step_b>``.
+        top: most-changed layers shown as PCA scatter plots.
+        samples: probe examples shown in the attribution figures (Grad-CAM, saliency).
+    """
+
+    jump: int | None = None
+    step: int | None = None
+    layers: tuple[str, ...] | None = None
+    metric: str = DEFAULT_METRIC
+    detector: Detector = "study"
+    device: str = "cpu"
+    out: Path | None = None
+    top: int = 2
+    samples: int = 8
+
+    def __post_init__(self) -> None:
+        if self.jump is not None and self.step is not None:
+            raise InvestigationError("give jump=K or step=N, not both")
+        if self.jump is not None and self.jump < 1:
+            raise InvestigationError(f"jump={self.jump}: jumps are ranked from 1 (the largest)")
+        if self.detector not in DETECTORS:
+            raise InvestigationError(f"detector={self.detector}: choose one of {', '.join(DETECTORS)}")
+        if self.top < 1 or self.samples < 1:
+            raise InvestigationError(
+                f"top and samples must be >= 1, got top={self.top}, samples={self.samples}"
+            )
+        if self.layers is not None and not self.layers:
+            raise InvestigationError("layers= is empty; name modules, e.g. layers=hidden.0,fc")
+
+    @property
+    def jump_rank(self) -> int | None:
+        """The jump rank to investigate: `jump`, 1 by default, None when a step was given."""
+        return None if self.step is not None else (self.jump or 1)
+
+
+#: One line of help per option, shown by ``--help``.
+OPTION_HELP: dict[str, str] = {
+    "jump": "rank of the jump event by peak magnitude, 1 = the largest (default 1)",
+    "step": "investigate the measurement at this training step instead (rounded to a measured step)",
+    "layers": "comma-separated module names (default: the layers the tracker measured)",
+    "metric": f"metric of the layer-mean series searched for jumps (default {DEFAULT_METRIC})",
+    "detector": "jump detector: study (z > 2 on the smoothed gradient) or robust (default study)",
+    "device": "where the replay runs: cpu (bit-exact, default), auto, cuda",
+    "out": "output directory (default RUN_DIR/investigate/<step_a>-<step_b>)",
+    "top": "most-changed layers shown as PCA scatter plots (default 2)",
+    "samples": "probe examples in the Grad-CAM / saliency figures (default 8)",
+}
+
+USAGE = "usage: python -m ndt.investigate RUN_DIR [jump=K | step=N] [layers=a,b] [key=value ...]"
+
+
+def help_text() -> str:
+    """The ``--help`` text: usage, what it writes, then one line per option."""
+    lines = [
+        USAGE,
+        "",
+        "Restore a run just before and just after a dimensionality jump (or a step), compare the two",
+        "models on the run's probe, and write RUN_DIR/investigate/<step_a>-<step_b>/report.html and",
+        "summary.json. Steps are measurement steps: step s holds the weights after s + 1 optimizer steps.",
+        "",
+        "options:",
+    ]
+    lines += [f"  {key + '=':<10} {text}" for key, text in OPTION_HELP.items()]
+    return "\n".join(lines)
+
+
+def _names(raw: str) -> tuple[str, ...]:
+    """``hidden.0,fc`` -> ("hidden.0", "fc")."""
+    return tuple(name.strip() for name in raw.split(",") if name.strip())
+
+
+#: How the text of each option becomes its field's value (the rest stay strings).
+CONVERTERS: dict[str, Callable[[str], Any]] = {
+    "jump": int,
+    "step": int,
+    "top": int,
+    "samples": int,
+    "layers": _names,
+    "out": Path,
+}
+
+
+def parse_options(args: Sequence[str]) -> tuple[Path, InvestigateOptions]:
+    """Parse ``RUN_DIR key=value ...`` (the command line after the program name).
+
+    Returns:
+        (run directory, options).
+
+    Raises:
+        InvestigationError: no run directory, an argument that is not ``key=value``, an unknown or
+            repeated key, or a value of the wrong type. The message names the valid keys.
+    """
+    positional = [a for a in args if "=" not in a]
+    pairs = [a for a in args if "=" in a]
+    if len(positional) != 1:
+        raise InvestigationError(
+            f"expected one run directory and key=value options, got {list(args)}\n{USAGE}"
+        )
+    fields = {f.name: f for f in dataclasses.fields(InvestigateOptions)}
+    values: dict[str, Any] = {}
+    for pair in pairs:
+        key, raw = pair.split("=", 1)
+        key = key.strip().lstrip("+")  # a Hydra habit: +key=value means the same here
+        if key not in fields:
+            raise InvestigationError(f"unknown option {key!r}; valid: {', '.join(fields)}\n{USAGE}")
+        if key in values:
+            raise InvestigationError(f"option {key} given twice")
+        try:
+            values[key] = CONVERTERS.get(key, str)(raw.strip())
+        except ValueError:
+            raise InvestigationError(f"{key}={raw}: expected an integer") from None
+    return Path(positional[0]), InvestigateOptions(**values)
