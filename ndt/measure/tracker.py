@@ -296,7 +296,11 @@ class HighFrequencyTracker:
         if not grads:
             return None
         # What clip_grad_norm_ computes, without its per-call grouping by device and dtype.
-        return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+        norms = torch._foreach_norm(grads)
+        device = norms[0].device
+        return torch.linalg.vector_norm(
+            torch.stack([n.to(device) for n in norms])
+        )  # no-op moves on one device
 
     def _measure(
         self, step: int, loss: float | torch.Tensor | None, grad_norm: float | torch.Tensor | None
@@ -326,7 +330,7 @@ class HighFrequencyTracker:
             host = torch.empty(flat.shape, dtype=flat.dtype, pin_memory=True)
             host.copy_(flat, non_blocking=True)  # the measurement's one device-to-host transfer
             ready = torch.cuda.Event()
-            ready.record()
+            ready.record(torch.cuda.current_stream(flat.device))  # the stream that queued the copy
             flat = host
         m = _Measurement(
             step=int(step),
