@@ -36,6 +36,7 @@ lint: install ## ruff (lint + format check) and mypy
 	$(PY) -m ruff check ndt tests
 	$(PY) -m ruff format --check ndt tests
 	$(PY) -m mypy
+	@if command -v shellcheck >/dev/null; then shellcheck scripts/*.sh .ci/run; else echo "shellcheck not installed: shell scripts not linted"; fi
 
 format: install ## format the code with ruff
 	$(PY) -m ruff format ndt tests
@@ -46,6 +47,9 @@ bench: install ## print the benchmarks measured in one run (kernel, overhead, ru
 
 tables: install ## regenerate the appendix tables of SWEEP (default results/paper) into SWEEP/tables
 	$(PY) -m ndt.tables $(SWEEP)
+
+status: install ## counts of done / running / failed / missing runs of SWEEP (default results/paper), failed ones with their error
+	$(PY) -m ndt.status $(SWEEP)
 
 investigate: install ## report on the largest jump of RUN (a run directory)
 	$(PY) -m ndt.investigate $(RUN)
@@ -60,4 +64,4 @@ clean: ## remove caches and build files (keeps results/ and .venv)
 	rm -rf .pytest_cache .mypy_cache .ruff_cache build dist *.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
-.PHONY: help install run smoke sweep test test-fast lint format bench tables investigate import-legacy validate-detector clean
+.PHONY: help install run smoke sweep test test-fast lint format bench tables status investigate import-legacy validate-detector clean

@@ -180,7 +180,8 @@ def expected_runs(sweep_dir: str | Path) -> list[str] | None:
     path = Path(sweep_dir) / MULTIRUN_YAML
     if not path.is_file():
         return None
-    # Hydra is a dependency of the runner, not of every reader of results: imported only when needed.
+    # Imported here: only this function needs Hydra. BasicSweeper.split_arguments is the very code
+    # that expanded the sweep (Hydra 1.3 keeps it in an internal module).
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
@@ -192,7 +193,8 @@ def expected_runs(sweep_dir: str | Path) -> list[str] | None:
         hydra = OmegaConf.to_container(cfg.hydra, resolve=False)
     except (OSError, OmegaConfBaseException, AttributeError):
         return None
-    assert isinstance(hydra, dict)
+    if not isinstance(hydra, dict):
+        return None
     sweeper = hydra.get("sweeper") or {}
     if sweeper.get("_target_", BASIC_SWEEPER) != BASIC_SWEEPER:
         return None
@@ -280,7 +282,7 @@ def format_report(status: SweepStatus) -> str:
         else f"{len(status.expected)} expected by {MULTIRUN_YAML}"
     )
     lines = [
-        f"{status.sweep_dir}: {len(status.runs)} runs ({source}): "
+        f"{status.sweep_dir}: {len(status.runs)} run{'' if len(status.runs) == 1 else 's'} ({source}): "
         + ", ".join(f"{counts[s]} {s}" for s in STATES)
     ]
     for state in ("failed", "running", "missing"):
