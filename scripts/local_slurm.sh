@@ -33,6 +33,9 @@ MARIADBD_PID=/run/mysqld/mysqld.pid
 SLURMDBD_PID=$RUN/slurmdbd.pid
 SLURMCTLD_PID=$RUN/slurmctld.pid
 SLURMD_PID=$RUN/slurmd.pid
+DAEMONS=(munged mariadbd slurmdbd slurmctld slurmd)
+declare -A PIDFILE=([munged]=$MUNGED_PID [mariadbd]=$MARIADBD_PID [slurmdbd]=$SLURMDBD_PID
+    [slurmctld]=$SLURMCTLD_PID [slurmd]=$SLURMD_PID)
 
 PACKAGES=(munge slurmctld slurmd slurm-client slurmdbd mariadb-server)
 
@@ -66,9 +69,12 @@ alive() {
     [[ -n $1 ]] && kill -0 "$1" 2>/dev/null && [[ $(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) != Z ]]
 }
 
+# read_pid PIDFILE: the PID in PIDFILE (digits only: pid files may end in a newline).
+read_pid() { tr -dc '0-9' <"$1"; }
+
 # pid_alive PIDFILE: the PID in PIDFILE names a running process.
 pid_alive() {
-    [[ -s $1 ]] && alive "$(tr -dc '0-9' <"$1")"
+    [[ -s $1 ]] && alive "$(read_pid "$1")"
 }
 
 # stop_pidfile NAME PIDFILE: TERM the PID in PIDFILE, wait for it to go (KILL after the bound), then
@@ -78,7 +84,7 @@ stop_pidfile() {
     if [[ ! -e $file ]]; then
         return 0
     fi
-    pid=$(tr -dc '0-9' <"$file")
+    pid=$(read_pid "$file")
     if alive "$pid"; then
         log "stopping $name (pid $pid)"
         kill -TERM "$pid" 2>/dev/null || true
@@ -274,26 +280,20 @@ cmd_start() {
 cmd_stop() {
     need_root
     # Reverse start order: slurmd and slurmctld still talk to slurmdbd, which still needs the database.
-    stop_pidfile slurmd "$SLURMD_PID"
-    stop_pidfile slurmctld "$SLURMCTLD_PID"
-    stop_pidfile slurmdbd "$SLURMDBD_PID"
-    stop_pidfile mariadbd "$MARIADBD_PID"
-    stop_pidfile munged "$MUNGED_PID"
+    local i name
+    for ((i = ${#DAEMONS[@]} - 1; i >= 0; i--)); do
+        name=${DAEMONS[i]}
+        stop_pidfile "$name" "${PIDFILE[$name]}"
+    done
     log "stopped"
 }
 
 cmd_status() {
     local name file all_up=0
-    for name in munged mariadbd slurmdbd slurmctld slurmd; do
-        case $name in
-        munged) file=$MUNGED_PID ;;
-        mariadbd) file=$MARIADBD_PID ;;
-        slurmdbd) file=$SLURMDBD_PID ;;
-        slurmctld) file=$SLURMCTLD_PID ;;
-        slurmd) file=$SLURMD_PID ;;
-        esac
+    for name in "${DAEMONS[@]}"; do
+        file=${PIDFILE[$name]}
         if pid_alive "$file"; then
-            printf '%-10s running (pid %s)\n' "$name" "$(tr -dc '0-9' <"$file")"
+            printf '%-10s running (pid %s)\n' "$name" "$(read_pid "$file")"
         else
             printf '%-10s stopped\n' "$name"
             all_up=1

@@ -30,7 +30,7 @@ from conftest import REPO, ndt_run_cmd, run_ndt, subprocess_env
 from omegaconf import DictConfig
 
 from ndt.running.checkpoint import latest_checkpoint
-from ndt.running.layout import DONE_MARKER, read_run_json
+from ndt.running.layout import DONE_MARKER, LOG_FILE, read_run_json
 from ndt.running.status import sweep_status
 from ndt.storage.parquet import read_metrics
 
@@ -167,6 +167,24 @@ def on_cluster(job_name: str, timeout_min: int = 10) -> tuple[str, ...]:
     )
 
 
+def training(sweep_name: str, max_steps: int = 1_000_000) -> tuple[str, ...]:
+    """Overrides for one mlp_narrow run that checkpoints and logs every 500 steps (the default never ends)."""
+    return (
+        "arch=mlp_narrow",
+        f"trainer.max_steps={max_steps}",
+        "trainer.checkpoint.every=500",
+        "trainer.log_every=500",
+        f"sweep_name={sweep_name}",
+    )
+
+
+def run_module(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    """``python -m ARGS`` from the repo root; output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout
+    )
+
+
 def wait_for(
     what: str, condition: Callable[[], bool], timeout: float, proc: subprocess.Popen[Any] | None = None
 ) -> None:
@@ -210,6 +228,12 @@ def wait_releasing_holds(proc: subprocess.Popen[Any], job: str, timeout: float, 
     return proc.returncode
 
 
+def job_at_first_checkpoint(run_dir: Path, proc: subprocess.Popen[Any]) -> str:
+    """Wait (bounded) for the run's first checkpoint; the SLURM job id its run.json then records."""
+    wait_for("first checkpoint", lambda: latest_checkpoint(run_dir) is not None, 180, proc)
+    return str(read_run_json(run_dir)["slurm"]["slurm_job_id"])
+
+
 def release_if_held(job: str) -> None:
     """Start `job` now if SLURM holds it after a requeue (pending, reason BeginTime)."""
     out = subprocess.run(
@@ -230,6 +254,7 @@ SMOKE_RUNS = ["cnn_shallow__digits__s0", "mlp_narrow__digits__s0", "transformer_
 @pytest.mark.slow
 def test_smoke_sweep_on_slurm_equals_local(tmp_path: Path, slurm_cluster: None, job_name: str) -> None:
     # Jobs run one torch thread each (cpus_per_task=1); so does the local run: same floating-point sums.
+    local_sweep = tmp_path / "local" / "smoke"
     local = run_ndt(
         "+sweep=smoke", f"paths.results_dir={tmp_path / 'local'}", "trainer.num_threads=1", timeout=300
     )
@@ -244,12 +269,12 @@ def test_smoke_sweep_on_slurm_equals_local(tmp_path: Path, slurm_cluster: None, 
     assert status.expected is not None and sorted(status.expected) == SMOKE_RUNS
     assert status.counts() == {"done": 3, "skipped": 0, "running": 0, "failed": 0, "missing": 0}
     for name in SMOKE_RUNS:
-        a, b = read_run_json(sweep / name), read_run_json(tmp_path / "local" / "smoke" / name)
+        a, b = read_run_json(sweep / name), read_run_json(local_sweep / name)
         assert a["slurm"]["slurm_array_job_id"]  # it really ran as an array task
         assert a["final_accuracy"] == b["final_accuracy"]
         pd.testing.assert_frame_equal(
             comparable(read_metrics(sweep / name / "metrics")),
-            comparable(read_metrics(tmp_path / "local" / "smoke" / name / "metrics")),
+            comparable(read_metrics(local_sweep / name / "metrics")),
             check_exact=True,
         )
 
@@ -259,25 +284,11 @@ def test_smoke_sweep_on_slurm_equals_local(tmp_path: Path, slurm_cluster: None, 
     for line in ("--array=0-2%3", "--gpus-per-node=0", "--time=10", f"--partition={PARTITION}", "--requeue"):
         assert f"#SBATCH {line}\n" in text, line
 
-    for side in ("local", "slurm"):
-        tables = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "ndt.tables",
-                str(tmp_path / side / "smoke"),
-                "--no-figures",
-                "--workers",
-                "1",
-            ],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+    for side in (local_sweep, sweep):
+        tables = run_module("ndt.tables", str(side), "--no-figures", "--workers", "1", timeout=300)
         assert tables.returncode == 0, tables.stderr[-3000:]
     # Every table (CSV, Markdown, LaTeX) byte for byte.
-    local_tables, slurm_tables = tmp_path / "local" / "smoke" / "tables", sweep / "tables"
+    local_tables, slurm_tables = local_sweep / "tables", sweep / "tables"
     names = sorted(p.name for p in local_tables.iterdir())
     assert "per_run.csv" in names and names == sorted(p.name for p in slurm_tables.iterdir())
     for name in names:
@@ -287,13 +298,8 @@ def test_smoke_sweep_on_slurm_equals_local(tmp_path: Path, slurm_cluster: None, 
 @pytest.mark.slow
 def test_requeued_job_resumes_from_its_checkpoint(tmp_path: Path, slurm_cluster: None, job_name: str) -> None:
     """``scontrol requeue`` mid-run: the job starts again, resumes, and its Parquet equals a straight run."""
-    common = (
-        "arch=mlp_narrow",
-        "trainer.max_steps=20000",  # long enough to be mid-run after SLURM's 5 s SIGTERM-to-SIGKILL wait
-        "trainer.checkpoint.every=500",
-        "trainer.log_every=500",
-        "sweep_name=requeue",
-    )
+    # 20000 steps: long enough to be mid-run after SLURM's 5 s SIGTERM-to-SIGKILL wait.
+    common = training("requeue", max_steps=20000)
     # The uninterrupted reference runs alongside (the job takes one of the two cores).
     with (
         launched(
@@ -306,8 +312,7 @@ def test_requeued_job_resumes_from_its_checkpoint(tmp_path: Path, slurm_cluster:
         ) as proc,
     ):
         run_dir = tmp_path / "slurm" / "requeue" / "mlp_narrow__digits__s0"
-        wait_for("first checkpoint", lambda: latest_checkpoint(run_dir) is not None, 180, proc)
-        job = read_run_json(run_dir)["slurm"]["slurm_job_id"]
+        job = job_at_first_checkpoint(run_dir, proc)
         subprocess.run(["scontrol", "requeue", job], check=True, timeout=30)
         log = tmp_path / "launcher.log"
         assert wait_releasing_holds(proc, job, 240, log) == 0, log.read_text()[-3000:]
@@ -316,7 +321,7 @@ def test_requeued_job_resumes_from_its_checkpoint(tmp_path: Path, slurm_cluster:
     record = read_run_json(run_dir)
     assert record["status"] == "complete" and (run_dir / DONE_MARKER).is_file()
     assert record["slurm"]["slurm_restart_count"] == "1"  # the second life of the same job
-    log = (run_dir / "run.log").read_text()
+    log = (run_dir / LOG_FILE).read_text()
     assert re.search(r"resuming mlp_narrow__digits__s0 from step_\d+\.pt", log), log[-2000:]
 
     a = read_metrics(run_dir / "metrics")
@@ -346,22 +351,12 @@ def test_hard_killed_job_is_reported_failed_and_does_not_hang(
     tmp_path: Path, slurm_cluster: None, job_name: str
 ) -> None:
     """SIGKILL to the training process (as the OOM killer does): the launcher exits, ndt.status says failed."""
-    args = (
-        "-m",
-        "arch=mlp_narrow",
-        "trainer.max_steps=1000000",  # never ends by itself
-        "trainer.checkpoint.every=500",
-        "trainer.log_every=500",
-        "sweep_name=killed",
-        *on_cluster(job_name),
-        f"paths.results_dir={tmp_path}",
-    )
+    args = ("-m", *training("killed"), *on_cluster(job_name), f"paths.results_dir={tmp_path}")
     sweep = tmp_path / "killed"
     with launched(args, tmp_path / "launcher.log") as proc:
         run_dir = sweep / "mlp_narrow__digits__s0"
-        wait_for("first checkpoint", lambda: latest_checkpoint(run_dir) is not None, 180, proc)
+        job = job_at_first_checkpoint(run_dir, proc)
         assert sweep_status(sweep).counts()["running"] == 1  # a sweep in progress
-        job = read_run_json(run_dir)["slurm"]["slurm_job_id"]
         pid: list[int | None] = [None]
 
         def found() -> bool:
@@ -380,13 +375,7 @@ def test_hard_killed_job_is_reported_failed_and_does_not_hang(
     # The heartbeat is at least as old as the kill; --stale-after 0.05 min (3 s) calls it dead.
     wait_for("3 s since the kill", lambda: time.monotonic() - killed_at > 3.5, 10)
 
-    report = subprocess.run(
-        [sys.executable, "-m", "ndt.status", str(sweep), "--stale-after", "0.05", "--json"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    report = run_module("ndt.status", str(sweep), "--stale-after", "0.05", "--json", timeout=60)
     assert report.returncode == 0, report.stderr
     data = json.loads(report.stdout)
     assert data["counts"] == {"done": 0, "skipped": 0, "running": 0, "failed": 1, "missing": 0}
@@ -411,11 +400,7 @@ def test_time_out_requeues_at_most_max_num_timeout_times(
     """
     args = (
         "-m",
-        "arch=mlp_narrow",
-        "trainer.max_steps=1000000",  # never ends by itself
-        "trainer.checkpoint.every=500",
-        "trainer.log_every=500",
-        "sweep_name=timeout",
+        *training("timeout"),
         *on_cluster(job_name),
         "hydra.launcher.max_num_timeout=1",
         f"paths.results_dir={tmp_path}",
@@ -424,13 +409,12 @@ def test_time_out_requeues_at_most_max_num_timeout_times(
     log = tmp_path / "launcher.log"
     time_out = ["scancel", "--signal=USR2"]
     with launched(args, log) as proc:
-        wait_for("first checkpoint", lambda: latest_checkpoint(run_dir) is not None, 180, proc)
-        job = read_run_json(run_dir)["slurm"]["slurm_job_id"]
+        job = job_at_first_checkpoint(run_dir, proc)
         subprocess.run([*time_out, job], check=True, timeout=30)  # 1st time-out: requeued
 
         def resumed() -> bool:
             release_if_held(job)
-            return "resuming mlp_narrow__digits__s0" in (run_dir / "run.log").read_text()
+            return "resuming mlp_narrow__digits__s0" in (run_dir / LOG_FILE).read_text()
 
         wait_for("the requeued job to resume", resumed, 180, proc)
         subprocess.run([*time_out, job], check=True, timeout=30)  # 2nd: over max_num_timeout

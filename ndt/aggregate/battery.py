@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from ndt.analysis.growth import tap_curve
 from ndt.analysis.jumps import detect_jumps
 from ndt.analysis.robust import detect_jumps_robust
 
@@ -66,7 +67,7 @@ def _growth(rng: np.random.Generator, length: int) -> tuple[np.ndarray, float, f
     """(length,) logistic growth curve, its D and a noise SD drawn for it."""
     t = np.linspace(0.0, 1.0, length)
     d_max, a, t0 = rng.uniform(5, 30), rng.uniform(3, 10), rng.uniform(0.3, 0.7)
-    return d_max / (1.0 + np.exp(-a * (t - t0))), d_max, rng.uniform(0.005, 0.02) * d_max
+    return tap_curve(t, d_max, a, t0), d_max, rng.uniform(0.005, 0.02) * d_max
 
 
 def planted_series(rng: np.random.Generator, cfg: BatteryConfig) -> tuple[np.ndarray, np.ndarray]:

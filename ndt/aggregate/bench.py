@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ndt.aggregate.report import make_tables
+from ndt.analysis.growth import tap_curve
 from ndt.models.registry import ARCH_NAMES, arch_spec
 from ndt.running.layout import DONE_MARKER, METRICS_DIR, run_name, write_run_json
 from ndt.storage.parquet import MetricsWriter
@@ -49,7 +50,7 @@ def write_synthetic_run(
     steps = np.arange(n_measurements, dtype=np.int64) * 10
     t = steps / max(steps[-1], 1)
     d_max, a, t0 = rng.uniform(5, 30), rng.uniform(3, 10), rng.uniform(0.3, 0.7)
-    base = d_max / (1 + np.exp(-a * (t - t0)))
+    base = tap_curve(t, d_max, a, t0)
     if seed % 3 == 0:  # a planted transition in every third run
         base = base + 0.1 * d_max * (
             np.arange(n_measurements) >= rng.integers(n_measurements // 4, 3 * n_measurements // 4)

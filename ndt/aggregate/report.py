@@ -25,10 +25,13 @@ from pathlib import Path
 import pandas as pd
 
 from ndt.aggregate import build, render
-from ndt.aggregate.summaries import DEFAULT_METRIC, check_metric, collect_sweep, read_series
-from ndt.analysis.growth import fit_tap
-from ndt.analysis.jumps import detect_jumps
-from ndt.analysis.robust import detect_jumps_robust
+from ndt.aggregate.summaries import (
+    DEFAULT_METRIC,
+    analyse_series,
+    check_metric,
+    collect_sweep,
+    read_series,
+)
 
 TABLES_DIR = "tables"
 FIGURES_DIR = "figures"
@@ -167,11 +170,7 @@ def _draw_figures(
     for arch, dataset in build.parse_targets(targets):
         for run in done.loc[(done["arch"] == arch) & (done["dataset"] == dataset), "run"]:
             steps, values = read_series(sweep_dir / run, metric)
-            fit, study, robust = (
-                fit_tap(steps, values),
-                detect_jumps(values, steps),
-                detect_jumps_robust(values, steps),
-            )
+            fit, study, robust = analyse_series(steps, values)
             written.append(
                 plot_run(fig_dir / f"{run}.png", steps, values, fit, study, robust, title=run, metric=metric)
             )

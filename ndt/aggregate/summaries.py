@@ -47,8 +47,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ndt.analysis.growth import fit_tap
-from ndt.analysis.jumps import detect_jumps
+from ndt.analysis.growth import GrowthFit, fit_tap
+from ndt.analysis.jumps import Jumps, detect_jumps
 from ndt.analysis.robust import detect_jumps_robust
 from ndt.running.layout import METRICS_DIR, is_complete, iter_run_dirs, read_run_json
 from ndt.storage.parquet import read_metrics
@@ -162,6 +162,11 @@ def layer_mean_series(steps: np.ndarray, values: np.ndarray) -> tuple[np.ndarray
     return uniq[keep], sums[keep] / counts[keep]
 
 
+def analyse_series(steps: np.ndarray, values: np.ndarray) -> tuple[GrowthFit, Jumps, Jumps]:
+    """The TAP growth fit and both detectors' jumps of one series: (fit, study, robust)."""
+    return fit_tap(steps, values), detect_jumps(values, steps), detect_jumps_robust(values, steps)
+
+
 def summarize_series(steps: np.ndarray, values: np.ndarray) -> dict[str, Any]:
     """Growth fit and both detectors on one series.
 
@@ -172,9 +177,7 @@ def summarize_series(steps: np.ndarray, values: np.ndarray) -> dict[str, Any]:
     Returns:
         {column: value} for `SERIES_COLUMNS`.
     """
-    study = detect_jumps(values, steps)
-    robust = detect_jumps_robust(values, steps)
-    fit = fit_tap(steps, values)
+    fit, study, robust = analyse_series(steps, values)
     top = max(study, key=lambda j: j.magnitude, default=None)
     return {
         "jumps": len(study),
@@ -202,7 +205,10 @@ def read_series(
     Returns:
         (steps, means), both (m,).
     """
-    df = read_metrics(Path(run_dir) / METRICS_DIR)
+    return _frame_series(read_metrics(Path(run_dir) / METRICS_DIR), metric)
+
+
+def _frame_series(df: pd.DataFrame, metric: str) -> tuple[np.ndarray, np.ndarray]:
     return layer_mean_series(df["step"].to_numpy(), df[metric].to_numpy())
 
 
@@ -243,7 +249,7 @@ def summarize_run(run_dir: str | os.PathLike[str], metric: str = DEFAULT_METRIC)
     if df.empty:
         row.update(status="empty", error="no metric rows")
         return row
-    steps, values = layer_mean_series(df["step"].to_numpy(), df[metric].to_numpy())
+    steps, values = _frame_series(df, metric)
     row.update(
         n_measurements=int(df["step"].nunique()),
         n_layers=int(df["layer"].nunique()),
@@ -283,15 +289,18 @@ def collect_sweep(
     check_metric(metric)
     dirs = [str(d) for d in iter_run_dirs(sweep_dir)]
     n_workers = min(os.cpu_count() or 1, 8) if workers is None else workers
-    if n_workers <= 1 or len(dirs) < MIN_RUNS_FOR_WORKERS:
+    # Without fork, in-process too: spawn would re-import __main__ in every worker (scripts without a
+    # main guard break) and torch with it (seconds per worker): not worth it for a job that takes
+    # seconds per 1,000 runs.
+    if (
+        n_workers <= 1
+        or len(dirs) < MIN_RUNS_FOR_WORKERS
+        or "fork" not in multiprocessing.get_all_start_methods()
+    ):
         return per_run_frame(_summarize_many(dirs, metric))
     # Interleaved chunks, a few per worker: one task per run would spend its time on pickling.
     n_chunks = n_workers * 4
     chunks = [dirs[i::n_chunks] for i in range(n_chunks)]
-    if "fork" not in multiprocessing.get_all_start_methods():
-        # spawn would re-import __main__ in every worker (scripts without a main guard break) and torch
-        # with it (seconds per worker): not worth it for a job that takes seconds per 1,000 runs.
-        return per_run_frame(_summarize_many(dirs, metric))
     # fork: workers inherit the imported modules for free; Arrow registers at-fork handlers that give
     # the child fresh thread pools, so reading Parquet in the workers is safe.
     ctx = multiprocessing.get_context("fork")

@@ -20,7 +20,7 @@ checkpoints.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -188,8 +188,25 @@ def metric_change(
     values = compute_metrics(
         {"before": as_matrix(before), "after": as_matrix(after)}, center=center, metrics=metrics
     )
-    assert isinstance(values["before"], dict)  # a dict input gives {layer: {metric: value}}
-    frame = pd.DataFrame(values)[["before", "after"]].loc[list(metrics)]
+    assert isinstance(values["before"], dict) and isinstance(
+        values["after"], dict
+    )  # {layer: {metric: value}}
+    return metric_frame(values["before"], values["after"], metrics)
+
+
+def metric_frame(
+    before: Mapping[str, float], after: Mapping[str, float], metrics: Sequence[str] = METRIC_COLUMNS
+) -> pd.DataFrame:
+    """The `metric_change` frame of metrics already computed (e.g. `LayerAnalysis.metrics`).
+
+    Args:
+        before, after: {metric name: value} with every name of `metrics`.
+        metrics: the rows, in order.
+
+    Returns:
+        One row per metric (index named "metric"), columns before, after, delta = after - before.
+    """
+    frame = pd.DataFrame({"before": before, "after": after}).loc[list(metrics)]
     frame["delta"] = frame["after"] - frame["before"]
     frame.index.name = "metric"
     return frame

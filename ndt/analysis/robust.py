@@ -40,7 +40,7 @@ per 1,000 (the study's: about 7).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Literal
 
 import numpy as np
@@ -221,15 +221,4 @@ class RobustJumpDetector:
         self, values: np.ndarray | Sequence[float], steps: np.ndarray | Sequence[int] | None = None
     ) -> Jumps:
         """Detect the level shifts of one series; see `detect_jumps_robust`."""
-        return detect_jumps_robust(
-            values,
-            steps,
-            window=self.window,
-            threshold=self.threshold,
-            min_rel_effect=self.min_rel_effect,
-            hampel_window=self.hampel_window,
-            hampel_nsigma=self.hampel_nsigma,
-            min_side=self.min_side,
-            trend_degree=self.trend_degree,
-            direction=self.direction,
-        )
+        return detect_jumps_robust(values, steps, **{f.name: getattr(self, f.name) for f in fields(self)})

@@ -26,6 +26,7 @@ class EpochSampler:
         n: number of examples indexed.
         batch_size: examples per batch (the last batch of an epoch may be smaller).
         seed: the run seed, >= 0.
+        device: where the batches (index tensors) live: the device of the data they index.
         epoch: epoch of the next batch, from 0.
         position: index into this epoch's permutation where the next batch starts, 0 <= position < n.
 
@@ -37,7 +38,7 @@ class EpochSampler:
         1
     """
 
-    def __init__(self, n: int, batch_size: int, seed: int) -> None:
+    def __init__(self, n: int, batch_size: int, seed: int, device: torch.device | str = "cpu") -> None:
         if n <= 0 or batch_size <= 0:
             raise ValueError(f"n and batch_size must be positive, got n={n}, batch_size={batch_size}")
         if seed < 0:
@@ -45,6 +46,9 @@ class EpochSampler:
         self.n = n
         self.batch_size = batch_size
         self.seed = seed
+        # Batches are slices of the epoch's permutation, which moves to `device` once per epoch: no
+        # host-to-device copy per step on the training path.
+        self.device = torch.device(device)
         self.epoch = 0
         self.position = 0
         self._permutation: Tensor | None = None  # of self.epoch, made when first needed
@@ -58,9 +62,9 @@ class EpochSampler:
         return torch.randperm(self.n, generator=seeded_generator(self.seed, STREAM_EPOCH, epoch))
 
     def next_batch(self) -> Tensor:
-        """The next batch: int64 (batch_size,), or fewer at the end of an epoch."""
+        """The next batch: int64 (batch_size,) on `device`, or fewer at the end of an epoch."""
         if self._permutation is None:
-            self._permutation = self.permutation(self.epoch)
+            self._permutation = self.permutation(self.epoch).to(self.device)
         batch = self._permutation[self.position : self.position + self.batch_size]
         self.position += len(batch)
         if self.position >= self.n:

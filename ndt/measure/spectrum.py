@@ -180,13 +180,13 @@ def centred_moments(
 
 @dataclass
 class Spectrum:
-    """Spectra of L layers whose Gram matrices share the size m; the input of every metric.
+    """Spectra of L layers (zero-padded to a common m); the input of every metric.
 
     Attributes:
         eigenvalues: (L, m) squared singular values, descending, >= 0, rounding noise set to 0.
         singular_values: (L, m) their square roots.
-        centred_trace: (L,) see `GramStats`.
-        centred_fro2: (L,) see `GramStats`.
+        centred_trace: (L,) tr of the centred Gram, ||A - mean||_F^2 (see `centred_moments`).
+        centred_fro2: (L,) squared Frobenius norm of the centred Gram.
     """
 
     eigenvalues: FloatArray
@@ -194,9 +194,9 @@ class Spectrum:
     centred_trace: FloatArray
     centred_fro2: FloatArray
 
-    @property
+    @functools.cached_property
     def energy(self) -> FloatArray:
-        """(L,) sum of squared singular values, ||A||_F^2."""
+        """(L,) sum of squared singular values, ||A||_F^2 (computed once; three metrics use it)."""
         return self.eigenvalues.sum(axis=1)
 
 

@@ -134,7 +134,8 @@ class HighFrequencyTracker:
             "seed": seed,
         }
         self.writer = writer if isinstance(writer, MetricsWriter) else MetricsWriter(writer, flush_every)
-        self.probe = self._probe_input(probe)
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        self.probe = self._probe_input(probe, device)
         self.capture = ActivationCapture(
             model,
             layers,
@@ -153,7 +154,6 @@ class HighFrequencyTracker:
         self._warned_missing = False
         self.flush_every = flush_every
         self._pending: list[_Measurement] = []  # measured, spectra not yet solved
-        device = next((p.device for p in model.parameters()), torch.device("cpu"))
         self.background = device.type == "cuda" if background is None else background
         self._queue: queue.Queue[_Measurement | str] | None = None
         self._worker: threading.Thread | None = None
@@ -270,13 +270,13 @@ class HighFrequencyTracker:
 
     # ------------------------------------------------------------------ internals
 
-    def _probe_input(self, probe: torch.Tensor | Sequence[Any] | None) -> torch.Tensor | None:
+    @staticmethod
+    def _probe_input(probe: torch.Tensor | Sequence[Any] | None, device: torch.device) -> torch.Tensor | None:
         if probe is None:
             return None
         x = probe[0] if isinstance(probe, tuple | list) else probe
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"probe must be a tensor or (inputs, targets); got {type(x).__name__}")
-        device = next((p.device for p in self.model.parameters()), torch.device("cpu"))
         return x.to(device)
 
     def _run_probe(self) -> None:
@@ -295,12 +295,10 @@ class HighFrequencyTracker:
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
         if not grads:
             return None
-        # What clip_grad_norm_ computes, without its per-call grouping by device and dtype.
+        # What clip_grad_norm_ computes, without its per-call grouping by device and dtype. The moves
+        # are no-ops on one device; they only matter for a model split across devices.
         norms = torch._foreach_norm(grads)
-        device = norms[0].device
-        return torch.linalg.vector_norm(
-            torch.stack([n.to(device) for n in norms])
-        )  # no-op moves on one device
+        return torch.linalg.vector_norm(torch.stack([n.to(norms[0].device) for n in norms]))
 
     def _measure(
         self, step: int, loss: float | torch.Tensor | None, grad_norm: float | torch.Tensor | None

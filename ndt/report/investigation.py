@@ -35,7 +35,7 @@ from torch import nn
 import ndt
 from ndt.aggregate.summaries import check_metric, layer_mean_series
 from ndt.analysis.analyzer import ActivationAnalyzer, LayerAnalysis
-from ndt.analysis.comparison import principal_angles
+from ndt.analysis.comparison import Comparison, linear_cka, metric_frame, principal_angles
 from ndt.analysis.jumps import JumpDetector, Jumps
 from ndt.analysis.robust import RobustJumpDetector
 from ndt.analysis.visualize import FeatureVisualizer
@@ -195,9 +195,42 @@ def dominant_angles(
     return out
 
 
+def compare_analyzed(
+    before: dict[str, np.ndarray],
+    after: dict[str, np.ndarray],
+    an_b: dict[str, LayerAnalysis],
+    an_a: dict[str, LayerAnalysis],
+    angles: dict[str, np.ndarray],
+    metrics: Sequence[str],
+) -> pd.DataFrame:
+    """`ActivationAnalyzer.compare` of the two captures, reusing what is already computed.
+
+    The metrics come from the analyses and the angles from `dominant_angles`; only CKA is computed here
+    (`ActivationAnalyzer.compare` would recompute the metrics and fixed-k angles the table replaces).
+
+    Args:
+        before, after: {layer: (n, k_layer)} captures of the same probe.
+        an_b, an_a: their analyses.
+        angles: {layer: principal angles in radians} (`dominant_angles`).
+        metrics: the analyzer's metric names.
+
+    Returns:
+        One row per layer (in `before`'s order): `layer`, then the columns of `Comparison.to_row`.
+    """
+    rows = []
+    for name in before:
+        comparison = Comparison(
+            cka=linear_cka(before[name], after[name]),
+            angles=angles[name],
+            space="sample",
+            metrics=metric_frame(an_b[name].metrics, an_a[name].metrics, metrics),
+        )
+        rows.append({"layer": name, **comparison.to_row()})
+    return pd.DataFrame(rows)
+
+
 def change_table(
     comparison: pd.DataFrame,
-    angles: dict[str, np.ndarray],
     before: dict[str, LayerAnalysis],
     after: dict[str, LayerAnalysis],
     recorded: pd.DataFrame,
@@ -207,8 +240,7 @@ def change_table(
     """One row per layer, most changed first (by 1 - CKA, then by mean principal angle).
 
     Args:
-        comparison: `ActivationAnalyzer.compare` of the two captures.
-        angles: {layer: principal angles in radians} (`dominant_angles`); they replace the comparison's.
+        comparison: `compare_analyzed` of the two captures.
         before, after: `ActivationAnalyzer.analyze` of each.
         recorded: the run's metric rows (for the recorded values at both steps).
         moments: the two steps.
@@ -226,9 +258,6 @@ def change_table(
     t.insert(1, "layer_order", np.arange(len(t)))
     t.insert(2, "n_features", [before[n].n_features for n in t["layer"]])
     t.insert(3, "change", 1.0 - t["cka"])
-    t["n_angles"] = [float(angles[n].size) for n in t["layer"]]
-    t["angle_mean"] = [float(angles[n].mean()) if angles[n].size else math.nan for n in t["layer"]]
-    t["angle_max"] = [float(angles[n].max()) if angles[n].size else math.nan for n in t["layer"]]
     t["angle_mean_deg"] = np.degrees(t["angle_mean"])
     t["angle_max_deg"] = np.degrees(t["angle_max"])
     b, a = t[f"{metric}_before"], t[f"{metric}_after"]
@@ -447,6 +476,11 @@ class InvestigationResult:
     table: pd.DataFrame = field(repr=False)
 
 
+def recorded_metrics(rows: pd.DataFrame) -> list[str]:
+    """The metric columns the run recorded (with at least one value)."""
+    return [m for m in METRIC_COLUMNS if rows[m].notna().any()]
+
+
 def load_run(run: Path, metric: str) -> tuple[dict[str, Any], DictConfig, pd.DataFrame]:
     """The run record, its resolved config and its metric rows, checked for an investigation.
 
@@ -469,9 +503,8 @@ def load_run(run: Path, metric: str) -> tuple[dict[str, Any], DictConfig, pd.Dat
     if rows.empty:
         raise InvestigationError(f"{run} has no metric rows (status {record.get('status')!r})")
     if not rows[metric].notna().any():
-        recorded = [m for m in METRIC_COLUMNS if rows[m].notna().any()]
         raise InvestigationError(
-            f"metric {metric} was not recorded in {run}; recorded: {', '.join(recorded)}"
+            f"metric {metric} was not recorded in {run}; recorded: {', '.join(recorded_metrics(rows))}"
         )
     return record, cfg, rows
 
@@ -557,9 +590,9 @@ def investigate(
     analyzer = ActivationAnalyzer(clustering=False, embed_method=None, center=bool(cfg.tracker.center))
     an_b, an_a = analyzer.analyze(acts_b), analyzer.analyze(acts_a)
     angles = dominant_angles(acts_b, acts_a, an_b, an_a)
-    table = change_table(analyzer.compare(acts_b, acts_a), angles, an_b, an_a, rows, moments, opts.metric)
-    recorded_metrics = [m for m in METRIC_COLUMNS if rows[m].notna().any()]
-    check = replay_check(rows, {moments.before: an_b, moments.after: an_a}, recorded_metrics)
+    comparison = compare_analyzed(acts_b, acts_a, an_b, an_a, angles, analyzer.metrics)
+    table = change_table(comparison, an_b, an_a, rows, moments, opts.metric)
+    check = replay_check(rows, {moments.before: an_b, moments.after: an_a}, recorded_metrics(rows))
     if not check["ok"]:
         log.warning(
             "the replayed model's metrics differ from the recorded ones (max relative difference %s): "

@@ -36,21 +36,21 @@ class Moments:
         before: measurement step of the earlier state.
         after: measurement step of the later state (> before).
         kind: "jump" (chosen from a ranked event) or "step" (chosen by step=N).
-        rank: the event's rank by peak magnitude (1 = largest); None for kind "step".
         n_events: number of events in the series.
+        note: how the moments were derived, in one sentence (for the report).
+        rank: the event's rank by peak magnitude (1 = largest); None for kind "step".
         event: the jump event; None for kind "step".
         requested_step: N of step=N (None for kind "jump").
-        note: how the moments were derived, in one sentence (for the report).
     """
 
     before: int
     after: int
     kind: Literal["jump", "step"]
-    rank: int | None
     n_events: int
-    event: JumpEvent | None
-    requested_step: int | None
     note: str
+    rank: int | None = None
+    event: JumpEvent | None = None
+    requested_step: int | None = None
 
     @property
     def steps_done(self) -> tuple[int, int]:
@@ -107,7 +107,6 @@ def moments_for_event(steps: np.ndarray, event: JumpEvent, rank: int, n_events: 
         rank=rank,
         n_events=n_events,
         event=event,
-        requested_step=None,
         note=(
             f"jump {rank} of {n_events} (by peak magnitude): flagged steps {event.start_step}..{event.end_step}; "
             f"compared from {'the first measurement' if event.start_index == 0 else 'the measurement before them'} "
@@ -146,9 +145,7 @@ def moments_for_step(steps: np.ndarray, step: int, max_steps: int, n_events: int
         before=int(steps[i - 1]),
         after=at,
         kind="step",
-        rank=None,
         n_events=n_events,
-        event=None,
         requested_step=step,
         note=f"step {at}{rounded}, compared with the measurement before it ({int(steps[i - 1])})",
     )

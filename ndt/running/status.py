@@ -24,14 +24,13 @@ multiruns, the last one's runs are the expected ones.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ndt.running.layout import DONE_MARKER, HEARTBEAT, LOG_FILE, RUN_JSON, run_name
+from ndt.running.layout import HEARTBEAT, LOG_FILE, RUN_JSON, is_complete, read_run_json, run_name
 
 #: What `run_status` reports, in the order counts are printed.
 STATES = ("done", "skipped", "running", "failed", "missing")
@@ -144,19 +143,18 @@ def run_status(
     beat = last_sign_of_life(run_dir)
     age = None if beat is None else max(0.0, now - beat)
     try:
-        record: dict[str, Any] = json.loads((run_dir / RUN_JSON).read_text())
+        record = read_run_json(run_dir)
     except FileNotFoundError:
         record = {}  # started (Hydra made the directory) but the runner has not written its record yet
     except (OSError, ValueError) as e:
         return RunStatus(run_dir.name, "failed", f"unreadable {RUN_JSON}: {e}", heartbeat_age_s=age)
     slurm = {str(k): str(v) for k, v in (record.get("slurm") or {}).items()}
     status = record.get("status", "running")
-    marker = (run_dir / DONE_MARKER).is_file()
 
     def make(state: str, reason: str | None = None, stale: bool = False) -> RunStatus:
         return RunStatus(run_dir.name, state, reason, stale, age, slurm)
 
-    if status == "complete" and marker:
+    if status == "complete" and is_complete(run_dir):
         return make("done")
     if status == "skipped":
         return make("skipped", _first_line(record.get("error")))

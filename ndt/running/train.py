@@ -277,8 +277,8 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     return correct / max(len(y), 1)
 
 
-def base_record(cfg: DictConfig) -> dict[str, Any]:
-    """The run record's identity and provenance fields."""
+def base_record(cfg: DictConfig, config: dict[str, Any]) -> dict[str, Any]:
+    """The run record's identity and provenance fields; `config` is `cfg` resolved to plain containers."""
     return {
         "status": "running",
         "arch": cfg.arch.name,
@@ -287,7 +287,7 @@ def base_record(cfg: DictConfig) -> dict[str, Any]:
         "run_id": run_name(cfg.arch.name, cfg.dataset.name, cfg.seed),
         "git_commit": git_commit(),
         "versions": versions(),
-        "config": OmegaConf.to_container(cfg, resolve=True),
+        "config": config,
     }
 
 
@@ -296,7 +296,8 @@ def run_experiment(cfg: DictConfig) -> dict[str, Any]:
     run_dir = run_dir_for(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     with run_log_file(run_dir):
-        check_same_experiment(run_dir, OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
+        config: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
+        check_same_experiment(run_dir, config)
         if is_complete(run_dir):
             record = read_run_json(run_dir)
             log.info(
@@ -306,7 +307,7 @@ def run_experiment(cfg: DictConfig) -> dict[str, Any]:
                 DONE_MARKER,
             )
             return record
-        record = base_record(cfg)
+        record = base_record(cfg, config)
         try:
             check_compatible(cfg.arch.name, dataset_spec(cfg.dataset.name, cfg.dataset.encoding))
         except IncompatiblePairError as e:
@@ -368,7 +369,7 @@ def build_training(cfg: DictConfig, device: torch.device) -> TrainingState:
     return TrainingState(
         model=model,
         optimizer=make_optimizer(cfg, model.parameters()),
-        sampler=EpochSampler(len(data.train_y), cfg.trainer.batch_size, seed),
+        sampler=EpochSampler(len(data.train_y), cfg.trainer.batch_size, seed, device=device),
         train_x=data.train_x.to(device),
         train_y=data.train_y.to(device),
         test_x=test_x,
@@ -380,7 +381,7 @@ def build_training(cfg: DictConfig, device: torch.device) -> TrainingState:
 
 def training_step(state: TrainingState) -> torch.Tensor:
     """One optimizer step on the sampler's next batch; returns the (device) loss."""
-    idx = state.sampler.next_batch().to(state.device, non_blocking=True)
+    idx = state.sampler.next_batch()  # already on state.device
     loss = nn.functional.cross_entropy(state.model(state.train_x[idx]), state.train_y[idx])
     state.optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -541,7 +542,7 @@ def _train(cfg: DictConfig, run_dir: Path, record: dict[str, Any]) -> dict[str, 
     t_e = time.perf_counter()
     final_accuracy = accuracy(state.model, state.test_x, state.test_y, cfg.trainer.eval_batch_size)
     t.eval_s = time.perf_counter() - t_e
-    rows = read_metrics(metrics_dir)
+    rows = read_metrics(metrics_dir, columns=["step", "layer"])  # counted from what is on disk
     t.total_s = time.perf_counter() - t.start
     record.update(
         status="complete",

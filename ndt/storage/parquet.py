@@ -126,6 +126,13 @@ class MetricsWriter:
             columns: {schema column: scalar or (L,) array}; scalars apply to all L rows.
             measurements: how many measurements these rows hold (for the flush cadence).
         """
+        missing = [c for c in COLUMNS if c not in columns]
+        extra = [c for c in columns if c not in COLUMNS]
+        if missing or extra:
+            # Refused here, at the call that is wrong, so that the rows already buffered still flush.
+            raise ValueError(
+                f"metric rows must have exactly the schema columns; missing {missing}, unknown {extra}"
+            )
         lengths = {np.size(v) for v in columns.values() if np.ndim(v) > 0}  # type: ignore[arg-type]
         if len(lengths) > 1:
             raise ValueError(f"columns of one append must share one length, got lengths {sorted(lengths)}")
@@ -142,9 +149,6 @@ class MetricsWriter:
     def _pending_table(self) -> pa.Table | None:
         if not self._pending:
             return None
-        missing = [c for c in COLUMNS if c not in self._pending[0]]
-        if missing:
-            raise ValueError(f"metric rows lack the schema column(s) {missing}")
         return rows_to_table({name: np.concatenate([p[name] for p in self._pending]) for name in COLUMNS})
 
     def _flush_locked(self) -> None:
@@ -191,35 +195,47 @@ def _full(value: object, n_rows: int) -> np.ndarray:
     return np.broadcast_to(arr, (n_rows,)) if arr.ndim == 0 else arr
 
 
-def _read_table(path: Path) -> pa.Table:
+_SORT_KEYS = ["run_id", "step", "layer_index"]
+
+
+def _read_table(path: Path, columns: Sequence[str] | None = None) -> pa.Table:
     dataset = ds.dataset(path, format="parquet", schema=METRICS_SCHEMA)
-    return dataset.to_table()
+    return dataset.to_table(columns=None if columns is None else list(columns))
 
 
 def _to_frame(table: pa.Table) -> pd.DataFrame:
     table = table.unify_dictionaries().combine_chunks()
     df = table.to_pandas()
-    return df.sort_values(["run_id", "step", "layer_index"], kind="stable").reset_index(drop=True)
+    keys = [k for k in _SORT_KEYS if k in df.columns]
+    return df.sort_values(keys, kind="stable").reset_index(drop=True) if keys else df
 
 
-def empty_frame() -> pd.DataFrame:
-    """A zero-row DataFrame with the metrics columns and dtypes."""
-    return METRICS_SCHEMA.empty_table().to_pandas()
+def empty_frame(columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """A zero-row DataFrame with the metrics columns (or the chosen ones) and their dtypes."""
+    frame = METRICS_SCHEMA.empty_table().to_pandas()
+    return frame if columns is None else frame[list(columns)]
 
 
-def read_metrics(path: str | os.PathLike[str]) -> pd.DataFrame:
+def read_metrics(path: str | os.PathLike[str], columns: Sequence[str] | None = None) -> pd.DataFrame:
     """Read a metrics store (directory of parts, or one Parquet file) into a DataFrame.
 
+    Args:
+        path: the store.
+        columns: schema columns to read (default all); reading fewer skips the others on disk.
+
     Returns:
-        One row per (run, step, layer), sorted by run_id, step and layer_index, columns as in
-        `ndt.storage.schema`.
+        One row per (run, step, layer), sorted by run_id, step and layer_index (those of them that
+        were read), columns as in `ndt.storage.schema`.
 
     Raises:
         FileNotFoundError: nothing at ``path``.
+        ValueError: a column that is not in the schema.
     """
     p = Path(path)
+    if columns is not None and (unknown := [c for c in columns if c not in COLUMNS]):
+        raise ValueError(f"unknown metrics column(s) {unknown}; the schema has {', '.join(COLUMNS)}")
     if not p.exists():
         raise FileNotFoundError(f"no metrics at {p}: expected a directory of part-*.parquet files")
     if p.is_dir() and not list_parts(p):
-        return empty_frame()
-    return _to_frame(_read_table(p))
+        return empty_frame(columns)
+    return _to_frame(_read_table(p, columns))
