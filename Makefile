@@ -57,8 +57,8 @@ investigate: install ## report on the largest jump of RUN (a run directory)
 import-legacy: install ## convert the study's JSON results in LEGACY_DIR into the sweep SWEEP
 	$(PY) -m ndt.importers.legacy $(LEGACY_DIR) $(SWEEP)
 
-validate-detector: install ## validity battery of both jump detectors (fails if robust misses its targets)
-	$(PY) -m ndt.aggregate.battery
+validate-detector: install ## synthetic battery of the jump detectors (fails if robust misses its targets)
+	$(PY) -m ndt.validate.battery
 
 clean: ## remove caches and build files (keeps results/ and .venv)
 	rm -rf .pytest_cache .mypy_cache .ruff_cache build dist *.egg-info

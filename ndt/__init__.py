@@ -9,7 +9,7 @@ Main entry points:
 - `read_metrics`: read a run's Parquet rows back.
 """
 
-from ndt.analysis.jumps import Jump, JumpDetector, JumpEvent, Jumps, detect_jumps
+from ndt.detect import Jump, JumpDetector, JumpEvent, Jumps, detect_jumps
 from ndt.measure.capture import ActivationCapture
 from ndt.measure.spectrum import METRICS, compute_metrics
 from ndt.measure.tracker import HighFrequencyTracker

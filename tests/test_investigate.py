@@ -15,7 +15,7 @@ from conftest import CONF_DIR
 from hydra import compose, initialize_config_dir
 
 from ndt.analysis import FeatureVisualizer, linear_cka, pca
-from ndt.analysis.jumps import detect_jumps
+from ndt.detect.study import detect_jumps
 from ndt.investigate import main
 from ndt.report import (
     InvestigateOptions,

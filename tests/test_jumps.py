@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from ndt.analysis.jumps import JumpDetector, detect_jumps, runs_of_true
+from ndt.detect.study import JumpDetector, detect_jumps, runs_of_true
 
 
 def independent_zscores(x: np.ndarray, sigma: float = 3.0) -> tuple[np.ndarray, np.ndarray]:

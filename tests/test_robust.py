@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ndt.aggregate import battery
-from ndt.analysis.jumps import Jumps
-from ndt.analysis.robust import RobustJumpDetector, detect_jumps_robust, hampel_filter, local_step_fit, mad_sd
+from ndt.detect.robust import RobustJumpDetector, detect_jumps_robust, hampel_filter, local_step_fit, mad_sd
+from ndt.detect.study import Jumps
+from ndt.validate import battery
 
 
 def test_local_step_fit_without_trend_is_a_difference_of_window_means() -> None:

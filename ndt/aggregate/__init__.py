@@ -3,7 +3,7 @@
 - `collect_sweep`: one summary row per run (growth fit, both detectors), in parallel for large sweeps.
 - `build_tables` / the builders in `ndt.aggregate.build`: pure DataFrame -> DataFrame tables.
 - `make_tables`: the whole pipeline, sweep directory -> Markdown/CSV/LaTeX files and PNG figures.
-- `ndt.aggregate.battery`: the validity battery of the jump detectors.
+- `ndt.validate.battery`: the validity battery of the jump detectors.
 - `ndt.aggregate.bench`: time the aggregation of synthetic runs.
 """
 

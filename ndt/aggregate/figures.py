@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from ndt.analysis.growth import GrowthFit
-from ndt.analysis.jumps import Jumps
+from ndt.detect.study import Jumps
 
 DPI = 120
 

@@ -17,9 +17,9 @@ status               run.json's status; "unmarked" when it says complete without
 n_measurements       distinct steps measured
 n_layers             distinct layers measured
 n_rows               metric rows (per-layer snapshots)
-jumps                the study's count: indices flagged by `ndt.analysis.jumps.detect_jumps`
+jumps                the study's count: indices flagged by `ndt.detect.study.detect_jumps`
 events               maximal runs of consecutive flagged indices (transitions)
-robust_events        jumps of `ndt.analysis.robust.detect_jumps_robust` (one per event)
+robust_events        jumps of `ndt.detect.robust.detect_jumps_robust` (one per event)
 max_jump_magnitude   largest smoothed gradient among the study's jumps (metric units per sample)
 max_jump_z           z-score of that jump
 max_jump_step        training step of that jump
@@ -48,8 +48,8 @@ import numpy as np
 import pandas as pd
 
 from ndt.analysis.growth import GrowthFit, fit_tap
-from ndt.analysis.jumps import Jumps, detect_jumps
-from ndt.analysis.robust import detect_jumps_robust
+from ndt.detect.robust import detect_jumps_robust
+from ndt.detect.study import Jumps, detect_jumps
 from ndt.running.layout import METRICS_DIR, is_complete, iter_run_dirs, read_run_json
 from ndt.storage.parquet import read_metrics
 from ndt.storage.schema import METRIC_COLUMNS

@@ -1,6 +1,6 @@
 """Analysis: pure functions on metric series and activations.
 
-- jumps: the study's jump detector (`detect_jumps`, `JumpDetector`) and the `robust` one.
+- jumps: re-exported from `ndt.detect` (the detectors live there, below every other package).
 - growth: the TAP growth-model fit of a dimensionality series.
 - activations / comparison / analyzer: PCA, clustering, embeddings, spectra, CKA and principal
   angles between two captures (`ActivationAnalyzer` bundles them per layer).
@@ -11,14 +11,21 @@ from ndt.analysis.activations import ClusterResult, PCAResult, cluster, embed, p
 from ndt.analysis.analyzer import ActivationAnalyzer, LayerAnalysis
 from ndt.analysis.comparison import Comparison, compare, linear_cka, metric_change, principal_angles
 from ndt.analysis.growth import GrowthFit, fit_tap
-from ndt.analysis.jumps import Jump, JumpDetector, JumpEvent, Jumps, detect_jumps
-from ndt.analysis.robust import RobustJumpDetector, detect_jumps_robust
 from ndt.analysis.visualize import (
     FeatureVisualizer,
     save_attention,
     save_feature_maps,
     save_image_grid,
     save_overlay,
+)
+from ndt.detect import (
+    Jump,
+    JumpDetector,
+    JumpEvent,
+    Jumps,
+    RobustJumpDetector,
+    detect_jumps,
+    detect_jumps_robust,
 )
 
 __all__ = [

@@ -46,7 +46,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from ndt.analysis.jumps import JumpDetector, Jumps
+from ndt.detect import Detector, Jumps, get_detector
 from ndt.measure.capture import ActivationCapture, LayerSelector, SequenceReduction
 from ndt.measure.spectrum import GramStats, flat_size, gram_stats, metrics_from_stats, validate_metric_names
 from ndt.storage.parquet import MetricsWriter
@@ -236,11 +236,18 @@ class HighFrequencyTracker:
         return df.groupby("step", sort=True)[metric].mean()
 
     def detect_jumps(
-        self, metric: str = "stable_rank", layer: str | None = None, detector: JumpDetector | None = None
+        self, metric: str = "stable_rank", layer: str | None = None, detector: str | Detector | None = None
     ) -> Jumps:
-        """Jumps of `metric` on the layer-mean series (default) or one layer's, sorted by step."""
+        """Jumps of `metric` on the layer-mean series (default) or one layer's, sorted by step.
+
+        Args:
+            metric: a metric column.
+            layer: one measured layer; None for the mean over layers.
+            detector: a name from `ndt.detect.DETECTORS` (default `ndt.detect.DEFAULT_DETECTOR`) or a
+                detector object.
+        """
         s = self.series(metric, layer)
-        return (detector or JumpDetector()).detect(s.to_numpy(), s.index.to_numpy())
+        return get_detector(detector).detect(s.to_numpy(), s.index.to_numpy())
 
     def close(self) -> None:
         """Finish pending work, remove the hooks and flush every row to disk (idempotent)."""

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
-from ndt.analysis.jumps import Jumps
+from ndt.detect.study import Jumps
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

@@ -36,9 +36,9 @@ import ndt
 from ndt.aggregate.summaries import check_metric, layer_mean_series
 from ndt.analysis.analyzer import ActivationAnalyzer, LayerAnalysis
 from ndt.analysis.comparison import Comparison, linear_cka, metric_frame, principal_angles
-from ndt.analysis.jumps import JumpDetector, Jumps
-from ndt.analysis.robust import RobustJumpDetector
 from ndt.analysis.visualize import FeatureVisualizer
+from ndt.detect.robust import RobustJumpDetector
+from ndt.detect.study import JumpDetector, Jumps
 from ndt.measure.capture import ActivationCapture
 from ndt.models import describe
 from ndt.report import figures

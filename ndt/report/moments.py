@@ -23,8 +23,8 @@ from typing import Literal
 
 import numpy as np
 
-from ndt.analysis.jumps import JumpEvent, Jumps, detect_jumps
-from ndt.analysis.robust import detect_jumps_robust
+from ndt.detect.robust import detect_jumps_robust
+from ndt.detect.study import JumpEvent, Jumps, detect_jumps
 from ndt.report.options import Detector, InvestigationError
 
 

@@ -33,7 +33,7 @@ class InvestigateOptions:
             nearest measured step; ties go to the earlier one).
         layers: module names to capture and compare; None = what the tracker measured.
         metric: metric whose layer-mean series is searched for jumps (the tables' default).
-        detector: "study" (the study's z > 2 detector) or "robust" (`ndt.analysis.robust`).
+        detector: "study" (the study's z > 2 detector) or "robust" (`ndt.detect.robust`).
         device: where the replay runs ("cpu" replays bit-exactly; "auto" or "cuda" are faster).
         out: output directory; default ``RUN_DIR/investigate/<step_a>-<step_b>``.
         top: most-changed layers shown as PCA scatter plots.

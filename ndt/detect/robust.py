@@ -1,9 +1,9 @@
 """A second jump detector, `robust`: level shifts tested against a robust noise scale.
 
-The study's detector (`ndt.analysis.jumps`) flags every sample whose smoothed gradient is 2 standard
+The study's detector (`ndt.detect.study`) flags every sample whose smoothed gradient is 2 standard
 deviations above the series' mean gradient. Its threshold is relative to the series itself, so pure
 noise and smooth growth both produce "jumps" (about 6 and 3 events per 1,000 samples on the validity
-battery, `ndt.aggregate.battery`). This detector asks a narrower question, "did the level shift
+battery, `ndt.validate.battery`). This detector asks a narrower question, "did the level shift
 here by more than the noise allows?", in four steps, for a series x[0..m-1]:
 
 1. **Despike** (Hampel filter): a sample further than ``hampel_nsigma`` robust SDs from the running
@@ -46,7 +46,7 @@ from typing import Literal
 import numpy as np
 from scipy.ndimage import median_filter
 
-from ndt.analysis.jumps import Jump, JumpEvent, Jumps, _as_series
+from ndt.detect.events import Jump, JumpEvent, Jumps, as_series, event_size
 
 Direction = Literal["up", "down", "both"]
 
@@ -152,7 +152,7 @@ def detect_jumps_robust(
     Returns:
         `Jumps` with one jump per event (see the module docstring for the fields' meaning).
     """
-    x, s = _as_series(values, steps)
+    x, s = as_series(values, steps)
     m = x.size
     if m < 2 * min_side:
         return Jumps(z=np.zeros(m), smoothed_gradient=np.zeros(m))
@@ -194,6 +194,7 @@ def detect_jumps_robust(
                 peak_z=float(z[peak]),
                 peak_magnitude=float(h[peak]),
                 n_indices=int(same.size),
+                size=event_size(clean, a, e),
             )
         )
     events.sort(key=lambda ev: ev.start_step)

@@ -1,29 +1,21 @@
-"""Jump detection on a metric series: the study's detector, exactly, as a pure function.
+"""The result types every jump detector returns, and the helpers they share.
 
-For a series x[0..m-1] sampled at training steps ``steps[0..m-1]``:
-
-1. g  = numpy.gradient(x)                      (per sample, central differences inside)
-2. gs = scipy.ndimage.gaussian_filter1d(g, sigma=3, mode="reflect")
-3. z  = (gs - mean(gs)) / (std(gs) + 1e-10)    (population std, ddof 0, over the whole series)
-4. every index i with z_i > 2 (strict; increases only) is a jump: index i, step = steps[i],
-   magnitude gs_i, z_score z_i.
-
-The study counted every flagged index as a jump. Consecutive flagged indices usually describe one
-transition, so `detect` also returns **events**: maximal runs of consecutive flagged indices.
+A detector (`ndt.detect.DETECTORS`) turns one metric series, sampled at training steps, into `Jumps`:
+the flagged samples (`Jump`), the transitions they form (`JumpEvent`, in ``Jumps.events``), and, set
+apart, the escape from initialisation (``Jumps.init_escape``), which is not counted as a transition.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import overload
+from typing import Literal, overload
 
 import numpy as np
 import pandas as pd
-from scipy.ndimage import gaussian_filter1d
 
-#: Added to the standard deviation so that a constant series gives z = 0, not 0/0.
-STD_EPS = 1e-10
+EventKind = Literal["transition", "init_escape"]
 
 
 @dataclass(frozen=True)
@@ -54,6 +46,9 @@ class JumpEvent:
         peak_z: the largest z-score in the run.
         peak_magnitude: the largest smoothed gradient in the run.
         n_indices: number of flagged indices in the run.
+        size: signed change of the metric across the event, in metric units (value one sample after
+            the event minus the value one sample before it, clipped to the series).
+        kind: "transition", or "init_escape" for the escape from initialisation (see the detector).
     """
 
     start_index: int
@@ -65,6 +60,13 @@ class JumpEvent:
     peak_z: float
     peak_magnitude: float
     n_indices: int
+    size: float = math.nan
+    kind: EventKind = "transition"
+
+    @property
+    def direction(self) -> int:
+        """+1 for a rise of the metric, -1 for a fall, 0 when the size is unknown or zero."""
+        return int(np.sign(self.size)) if math.isfinite(self.size) else 0
 
 
 @dataclass(frozen=True)
@@ -73,13 +75,16 @@ class Jumps(Sequence[Jump]):
 
     Attributes:
         jumps: flagged samples sorted by step (the study's count is ``len(jumps)``).
-        events: maximal runs of consecutive flagged indices, sorted by step.
+        events: the transitions, sorted by step (the escape from initialisation is not among them).
+        init_escape: events recognised as the escape from initialisation (kind "init_escape"); empty
+            for detectors that do not recognise it (the study's).
         z: (m,) z-scores of the whole series (for plots and thresholds of your own).
         smoothed_gradient: (m,) gs.
     """
 
     jumps: tuple[Jump, ...] = ()
     events: tuple[JumpEvent, ...] = ()
+    init_escape: tuple[JumpEvent, ...] = ()
     z: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
     smoothed_gradient: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
 
@@ -108,20 +113,9 @@ class Jumps(Sequence[Jump]):
         return pd.DataFrame([asdict(e) for e in self.events], columns=cols)
 
 
-def study_zscores(values: np.ndarray, sigma: float = 3.0) -> tuple[np.ndarray, np.ndarray]:
-    """The study's smoothed-gradient z-scores of a series.
-
-    Args:
-        values: (m,) finite series, m >= 2.
-        sigma: Gaussian smoothing width in samples.
-
-    Returns:
-        (z, gs), both (m,).
-    """
-    g = np.gradient(np.asarray(values, dtype=np.float64))
-    gs = gaussian_filter1d(g, sigma=sigma, mode="reflect")
-    z = (gs - gs.mean()) / (gs.std() + STD_EPS)
-    return z, gs
+def event_size(x: np.ndarray, start_index: int, end_index: int) -> float:
+    """Signed change of `x` across an event: x[end + 1] - x[start - 1], clipped to the series."""
+    return float(x[min(end_index + 1, x.size - 1)] - x[max(start_index - 1, 0)])
 
 
 def runs_of_true(mask: np.ndarray) -> list[tuple[int, int]]:
@@ -135,7 +129,7 @@ def runs_of_true(mask: np.ndarray) -> list[tuple[int, int]]:
     return list(zip(starts.tolist(), ends.tolist(), strict=True))
 
 
-def _as_series(
+def as_series(
     values: np.ndarray | Sequence[float], steps: np.ndarray | Sequence[int] | None
 ) -> tuple[np.ndarray, np.ndarray]:
     x = np.asarray(values, dtype=np.float64)
@@ -153,74 +147,3 @@ def _as_series(
             "finite series: drop or interpolate those samples, or choose a layer that stayed finite"
         )
     return x, s
-
-
-def detect_jumps(
-    values: np.ndarray | Sequence[float],
-    steps: np.ndarray | Sequence[int] | None = None,
-    *,
-    sigma: float = 3.0,
-    threshold: float = 2.0,
-) -> Jumps:
-    """Run the study's detector on one series.
-
-    Args:
-        values: (m,) finite metric values, one per measurement.
-        steps: (m,) training step of each value; default 0..m-1.
-        sigma: Gaussian smoothing width, in samples (the study: 3).
-        threshold: a sample is a jump when z > threshold (strict; the study: 2).
-
-    Returns:
-        `Jumps`: the flagged samples sorted by step, and their events. Series shorter than 2
-        samples have no gradient and give no jumps.
-    """
-    x, s = _as_series(values, steps)
-    if x.size < 2:
-        return Jumps(z=np.zeros(x.size), smoothed_gradient=np.zeros(x.size))
-    z, gs = study_zscores(x, sigma=sigma)
-    flagged = z > threshold
-    jumps = tuple(
-        Jump(index=int(i), step=int(s[i]), magnitude=float(gs[i]), z_score=float(z[i]))
-        for i in np.flatnonzero(flagged)
-    )
-    events = []
-    for a, b in runs_of_true(flagged):
-        peak = a + int(np.argmax(z[a : b + 1]))
-        events.append(
-            JumpEvent(
-                start_index=a,
-                end_index=b,
-                start_step=int(s[a]),
-                end_step=int(s[b]),
-                peak_index=peak,
-                peak_step=int(s[peak]),
-                peak_z=float(z[peak]),
-                peak_magnitude=float(gs[a : b + 1].max()),
-                n_indices=b - a + 1,
-            )
-        )
-    return Jumps(
-        jumps=tuple(sorted(jumps, key=lambda j: j.step)),
-        events=tuple(sorted(events, key=lambda e: e.start_step)),
-        z=z,
-        smoothed_gradient=gs,
-    )
-
-
-@dataclass(frozen=True)
-class JumpDetector:
-    """The study's jump detector with its parameters (see the module docstring).
-
-    Example:
-        >>> JumpDetector().detect([0, 0, 0, 0, 0, 0, 0, 0, 5, 5, 5, 5, 5, 5, 5, 5]).events[0].peak_index
-        7
-    """
-
-    sigma: float = 3.0
-    threshold: float = 2.0
-
-    def detect(
-        self, values: np.ndarray | Sequence[float], steps: np.ndarray | Sequence[int] | None = None
-    ) -> Jumps:
-        """Detect the jumps of one series; see `detect_jumps`."""
-        return detect_jumps(values, steps, sigma=self.sigma, threshold=self.threshold)

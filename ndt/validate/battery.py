@@ -14,7 +14,7 @@ Three classes of synthetic series, each of ``n_series`` series of ``length`` sam
 A detection is one event (its peak index): the study's detector flags runs of consecutive indices, and
 each run is one transition in its own account; the ``flagged`` columns also give its per-index count.
 The targets the project ships: recall >= 0.75 on planted, and <= 2 false detections per 1,000 samples
-on each null class. ``python -m ndt.aggregate.battery`` prints the table for both detectors and exits
+on each null class. ``python -m ndt.validate.battery`` prints the table for both detectors and exits
 1 when `robust` misses a target.
 """
 
@@ -29,8 +29,8 @@ import numpy as np
 import pandas as pd
 
 from ndt.analysis.growth import tap_curve
-from ndt.analysis.jumps import detect_jumps
-from ndt.analysis.robust import detect_jumps_robust
+from ndt.detect.robust import detect_jumps_robust
+from ndt.detect.study import detect_jumps
 
 #: A detector for the battery: (m,) series -> (detections as event peak indices, flagged index count).
 BatteryDetector = Callable[[np.ndarray], tuple[np.ndarray, int]]
@@ -202,7 +202,7 @@ def failures(results: pd.DataFrame, detector: str = "robust") -> list[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Print the battery table for both detectors; 1 when robust misses a target, else 0."""
     parser = argparse.ArgumentParser(
-        prog="python -m ndt.aggregate.battery", description=__doc__.split("\n")[0]
+        prog="python -m ndt.validate.battery", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--n-series", type=int, default=BatteryConfig.n_series, help="series per class")
     parser.add_argument("--seed", type=int, default=BatteryConfig.seed, help="battery seed")

@@ -1,0 +1,73 @@
+"""Jump detectors: pure functions from a metric series (sampled at training steps) to `Jumps`.
+
+The bottom of the package: it imports nothing else of ndt, so the tracker, the tables and the reports
+all use it. Each detector is chosen by name from `DETECTORS`:
+
+- ``study``: the study's smoothed-gradient z > 2 detector, exactly (`ndt.detect.study`); it reproduces
+  the paper's appendix.
+- ``robust``: level shifts against a robust noise scale (`ndt.detect.robust`).
+
+`DEFAULT_DETECTOR` names the one used wherever no detector is given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+import numpy as np
+
+from ndt.detect.events import EventKind, Jump, JumpEvent, Jumps
+from ndt.detect.robust import RobustJumpDetector, detect_jumps_robust
+from ndt.detect.study import JumpDetector, detect_jumps
+
+
+class Detector(Protocol):
+    """Anything with ``detect(values, steps) -> Jumps``."""
+
+    def detect(
+        self, values: np.ndarray | Sequence[float], steps: np.ndarray | Sequence[int] | None = None
+    ) -> Jumps: ...
+
+
+#: name -> detector class (called with keyword parameters, e.g. ``threshold=...``).
+DETECTORS: dict[str, Callable[..., Detector]] = {
+    "study": JumpDetector,
+    "robust": RobustJumpDetector,
+}
+
+#: The detector used wherever none is named.
+DEFAULT_DETECTOR = "study"
+
+
+def get_detector(name: str | Detector | None = None, **params: Any) -> Detector:
+    """The detector called `name` (default `DEFAULT_DETECTOR`) with `params`; a detector object passes through.
+
+    Raises:
+        ValueError: an unknown name (the message lists the valid ones).
+    """
+    if name is None:
+        name = DEFAULT_DETECTOR
+    if not isinstance(name, str):
+        if params:
+            raise ValueError("parameters are given with a detector name, not with a detector object")
+        return name
+    if name not in DETECTORS:
+        raise ValueError(f"unknown detector {name!r}; choose one of {', '.join(DETECTORS)}")
+    return DETECTORS[name](**params)
+
+
+__all__ = [
+    "DEFAULT_DETECTOR",
+    "DETECTORS",
+    "Detector",
+    "EventKind",
+    "Jump",
+    "JumpDetector",
+    "JumpEvent",
+    "Jumps",
+    "RobustJumpDetector",
+    "detect_jumps",
+    "detect_jumps_robust",
+    "get_detector",
+]
