@@ -12,7 +12,7 @@ import pytest
 
 from ndt.aggregate.report import make_tables
 from ndt.importers import legacy
-from ndt.running.layout import DONE_MARKER, METRICS_DIR, is_complete, read_run_json
+from ndt.storage.layout import DONE_MARKER, METRICS_DIR, is_complete, read_run_json
 from ndt.storage.parquet import read_metrics
 from ndt.storage.schema import COLUMNS
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from conftest import run_ndt
 
-from ndt.running.layout import iter_run_dirs, read_run_json
+from ndt.storage.layout import iter_run_dirs, read_run_json
 from ndt.storage.parquet import read_metrics
 
 LAUNCHER_ARGS = {

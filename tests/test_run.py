@@ -16,8 +16,8 @@ from conftest import REPO, ndt_run_cmd, run_ndt, subprocess_env
 from omegaconf import DictConfig
 
 from ndt.running.checkpoint import list_checkpoints
-from ndt.running.layout import DONE_MARKER, RUN_KEYS, read_run_json
 from ndt.running.train import RunConflictError, run_dir_for, run_experiment
+from ndt.storage.layout import DONE_MARKER, RUN_KEYS, read_run_json
 from ndt.storage.parquet import read_metrics
 from ndt.storage.schema import METRIC_COLUMNS
 

@@ -30,8 +30,8 @@ from conftest import REPO, ndt_run_cmd, run_ndt, subprocess_env
 from omegaconf import DictConfig
 
 from ndt.running.checkpoint import latest_checkpoint
-from ndt.running.layout import DONE_MARKER, LOG_FILE, read_run_json
 from ndt.running.status import sweep_status
+from ndt.storage.layout import DONE_MARKER, LOG_FILE, read_run_json
 from ndt.storage.parquet import read_metrics
 
 PARTITION = os.environ.get("NDT_TEST_SLURM_PARTITION", "debug")

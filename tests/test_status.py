@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from omegaconf import DictConfig, OmegaConf
 
-from ndt.running.layout import DONE_MARKER, HEARTBEAT, write_run_json
 from ndt.running.status import expected_runs, run_status, sweep_status
 from ndt.status import main
+from ndt.storage.layout import DONE_MARKER, HEARTBEAT, write_run_json
 
 NOW = 1_800_000_000.0  # a fixed "now" (unix seconds): ages below are exact
 

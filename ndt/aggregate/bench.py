@@ -21,7 +21,7 @@ import numpy as np
 from ndt.aggregate.report import make_tables
 from ndt.analysis.growth import tap_curve
 from ndt.models.registry import ARCH_NAMES, arch_spec
-from ndt.running.layout import DONE_MARKER, METRICS_DIR, run_name, write_run_json
+from ndt.storage.layout import DONE_MARKER, METRICS_DIR, run_name, write_run_json
 from ndt.storage.parquet import MetricsWriter
 from ndt.storage.schema import METRIC_COLUMNS
 

@@ -50,7 +50,7 @@ import pandas as pd
 from ndt.analysis.growth import GrowthFit, fit_tap
 from ndt.detect.robust import detect_jumps_robust
 from ndt.detect.study import Jumps, detect_jumps
-from ndt.running.layout import METRICS_DIR, is_complete, iter_run_dirs, read_run_json
+from ndt.storage.layout import METRICS_DIR, is_complete, iter_run_dirs, read_run_json
 from ndt.storage.parquet import read_metrics
 from ndt.storage.schema import METRIC_COLUMNS
 

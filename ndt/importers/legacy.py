@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from ndt.running.layout import DONE_MARKER, METRICS_DIR, run_name, write_run_json
+from ndt.storage.layout import DONE_MARKER, METRICS_DIR, run_name, write_run_json
 from ndt.storage.parquet import MetricsWriter
 
 #: Legacy metric key -> ndt metric column.

@@ -46,8 +46,8 @@ from ndt.report.html import FigureBlock, render_report
 from ndt.report.moments import Moments, choose_moments, rank_events
 from ndt.report.options import InvestigateOptions, InvestigationError
 from ndt.running.checkpoint import list_checkpoints
-from ndt.running.layout import METRICS_DIR, read_run_json
 from ndt.running.train import resolve_device, restore_at, training_step
+from ndt.storage.layout import METRICS_DIR, read_run_json
 from ndt.storage.parquet import read_metrics
 from ndt.storage.schema import METRIC_COLUMNS
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from ndt.running.layout import CHECKPOINT_DIR
+from ndt.storage.layout import CHECKPOINT_DIR
 
 _NAME = re.compile(r"^step_(\d+)\.pt$")
 

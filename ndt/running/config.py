@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
-from ndt.running.layout import run_name
+from ndt.storage.layout import run_name
 from ndt.storage.schema import METRIC_COLUMNS
 
 

@@ -1,6 +1,6 @@
 """Where a sweep stands, from its files alone: done, skipped, running, failed and missing runs.
 
-Pure functions over a sweep directory (see `ndt.running.layout`); nothing asks SLURM, so it works on a
+Pure functions over a sweep directory (see `ndt.storage.layout`); nothing asks SLURM, so it works on a
 laptop copy of a cluster's results and on a sweep still in progress. Per run directory:
 
 - **done**: the COMPLETE marker exists and run.json's status is ``complete``.
@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ndt.running.layout import HEARTBEAT, LOG_FILE, RUN_JSON, is_complete, read_run_json, run_name
+from ndt.storage.layout import HEARTBEAT, LOG_FILE, RUN_JSON, is_complete, read_run_json, run_name
 
 #: What `run_status` reports, in the order counts are printed.
 STATES = ("done", "skipped", "running", "failed", "missing")

@@ -34,7 +34,7 @@ from ndt.data.spec import dataset_spec
 from ndt.measure.tracker import HighFrequencyTracker
 from ndt.models import IncompatiblePairError, build_model, check_compatible, describe
 from ndt.running.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
-from ndt.running.layout import (
+from ndt.storage.layout import (
     DONE_MARKER,
     HEARTBEAT,
     LOG_FILE,
