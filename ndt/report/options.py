@@ -11,12 +11,10 @@ import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any
 
 from ndt.aggregate.summaries import DEFAULT_METRIC
-
-Detector = Literal["study", "robust"]
-DETECTORS: tuple[str, ...] = get_args(Detector)
+from ndt.detect import DEFAULT_DETECTOR, DETECTORS
 
 
 class InvestigationError(ValueError):
@@ -33,7 +31,8 @@ class InvestigateOptions:
             nearest measured step; ties go to the earlier one).
         layers: module names to capture and compare; None = what the tracker measured.
         metric: metric whose layer-mean series is searched for jumps (the tables' default).
-        detector: "study" (the study's z > 2 detector) or "robust" (`ndt.detect.robust`).
+        detector: a name from `ndt.detect.DETECTORS` (default `ndt.detect.DEFAULT_DETECTOR`; "study"
+            is the study's z > 2 detector).
         device: where the replay runs ("cpu" replays bit-exactly; "auto" or "cuda" are faster).
         out: output directory; default ``RUN_DIR/investigate/<step_a>-<step_b>``.
         top: most-changed layers shown as PCA scatter plots.
@@ -44,7 +43,7 @@ class InvestigateOptions:
     step: int | None = None
     layers: tuple[str, ...] | None = None
     metric: str = DEFAULT_METRIC
-    detector: Detector = "study"
+    detector: str = DEFAULT_DETECTOR
     device: str = "cpu"
     out: Path | None = None
     top: int = 2
@@ -76,7 +75,7 @@ OPTION_HELP: dict[str, str] = {
     "step": "investigate the measurement at this training step instead (rounded to a measured step)",
     "layers": "comma-separated module names (default: the layers the tracker measured)",
     "metric": f"metric of the layer-mean series searched for jumps (default {DEFAULT_METRIC})",
-    "detector": "jump detector: study (z > 2 on the smoothed gradient) or robust (default study)",
+    "detector": f"jump detector: {', '.join(DETECTORS)} (default {DEFAULT_DETECTOR}; study = the paper's z > 2)",
     "device": "where the replay runs: cpu (bit-exact, default), auto, cuda",
     "out": "output directory (default RUN_DIR/investigate/<step_a>-<step_b>)",
     "top": "most-changed layers shown as PCA scatter plots (default 2)",
