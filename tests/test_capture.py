@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
-
-import numpy as np
-import torch.nn.functional as F
 
 from ndt.measure.capture import ActivationCapture, reduce_output
 from ndt.models import build_model
@@ -168,7 +166,9 @@ def test_first_conv_per_position_has_the_rank_the_kernel_allows(bias: bool, rank
 
 def test_post_activation_on_a_sequential_mlp_is_relu_of_the_output() -> None:
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(6, 5), nn.Dropout(0.0), nn.ReLU(), nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 2))
+    model = nn.Sequential(
+        nn.Linear(6, 5), nn.Dropout(0.0), nn.ReLU(), nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 2)
+    )
     x = torch.randn(9, 6)
     with ActivationCapture(model, hook_point="post") as cap:
         model(x)
@@ -187,7 +187,9 @@ def test_post_activation_declared_by_ndt_models() -> None:
     with ActivationCapture(mlp_model, hook_point="post") as cap:
         mlp_model(x)
     assert cap.post_source["hidden.0"] == "declared" and cap.post_source["fc"] == "none"
-    torch.testing.assert_close(cap.activations["hidden.0"], torch.clamp(mlp_model.hidden[0](x.flatten(1)), min=0))
+    torch.testing.assert_close(
+        cap.activations["hidden.0"], torch.clamp(mlp_model.hidden[0](x.flatten(1)), min=0)
+    )
     cnn_model = build_model("cnn_shallow", "mnist")
     with ActivationCapture(cnn_model, ["conv.0"], hook_point="post") as cap:
         cnn_model(x[:2])
@@ -244,7 +246,10 @@ def padded() -> torch.Tensor:
 
 def unpadded_reference(model: TinyText) -> dict[str, dict[str, torch.Tensor]]:
     """Each sequence run alone, without padding, straight through the modules: (tokens, token means)."""
-    out: dict[str, dict[str, list[torch.Tensor]]] = {"tokens": {"attn": [], "ff": []}, "token_mean": {"attn": [], "ff": []}}
+    out: dict[str, dict[str, list[torch.Tensor]]] = {
+        "tokens": {"attn": [], "ff": []},
+        "token_mean": {"attn": [], "ff": []},
+    }
     with torch.no_grad():
         for s in SEQUENCES:
             h = model.embed(torch.tensor([s]))
@@ -261,7 +266,10 @@ def unpadded_reference(model: TinyText) -> dict[str, dict[str, torch.Tensor]]:
 def test_masked_measurement_of_a_padded_batch_equals_the_unpadded_one(reduction: str, training: bool) -> None:
     model = TinyText().train(training)  # no dropout: train and eval forwards compute the same
     want = unpadded_reference(model)[reduction]
-    with ActivationCapture(model, ["attn", "ff"], sequence_reduction=reduction) as cap, torch.set_grad_enabled(training):
+    with (
+        ActivationCapture(model, ["attn", "ff"], sequence_reduction=reduction) as cap,
+        torch.set_grad_enabled(training),
+    ):
         model(padded())
     for name in ("attn", "ff"):
         torch.testing.assert_close(cap.activations[name], want[name], rtol=1e-10, atol=1e-12)
@@ -277,7 +285,9 @@ def test_hugging_face_attention_mask_keyword_masks_the_measurement() -> None:
             self.embed = nn.Embedding(20, 4)
             self.lin = nn.Linear(4, 6)
 
-        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        def forward(
+            self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+        ) -> torch.Tensor:
             return self.lin(self.embed(input_ids))
 
     model = Keyworded()
@@ -306,4 +316,6 @@ def test_ndt_transformer_declares_its_padding() -> None:
     keep = x != 0
     keep[3, 0] = True
     w = keep.unsqueeze(-1).float()
-    torch.testing.assert_close(cap.activations["encoder.layers.0.linear2"], (raw["out"] * w).sum(1) / w.sum(1))
+    torch.testing.assert_close(
+        cap.activations["encoder.layers.0.linear2"], (raw["out"] * w).sum(1) / w.sum(1)
+    )

@@ -188,7 +188,9 @@ def read_series(
 
 
 def _frame_series(df: pd.DataFrame, metric: str) -> tuple[np.ndarray, np.ndarray]:
-    return layer_mean_series(df["step"].to_numpy(), df[metric].to_numpy(), df["layer"].to_numpy(), what=metric)
+    return layer_mean_series(
+        df["step"].to_numpy(), df[metric].to_numpy(), df["layer"].to_numpy(), what=metric
+    )
 
 
 def summarize_run(run_dir: str | os.PathLike[str], metric: str = DEFAULT_METRIC) -> dict[str, Any]:

@@ -421,9 +421,13 @@ class ActivationCapture:
     def attach(self) -> ActivationCapture:
         """Register the hooks (idempotent)."""
         if not self._handles:
-            self._handles = [m.register_forward_hook(self._hook(n, fn)) for n, (m, fn, _) in self._hooks.items()]
+            self._handles = [
+                m.register_forward_hook(self._hook(n, fn)) for n, (m, fn, _) in self._hooks.items()
+            ]
             if self._mask_fn is not None or self._mask_auto:
-                self._handles.append(self.model.register_forward_pre_hook(self._root_pre_hook, with_kwargs=True))
+                self._handles.append(
+                    self.model.register_forward_pre_hook(self._root_pre_hook, with_kwargs=True)
+                )
                 self._handles.append(self.model.register_forward_hook(self._root_post_hook, always_call=True))
         return self
 

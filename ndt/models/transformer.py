@@ -103,7 +103,9 @@ class Transformer(ArchModel):
     def post_activations(self) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
         """{layer: the nonlinearity applied to its output}: each feed-forward ``linear1`` feeds a ReLU
         (``nn.TransformerEncoderLayer``'s ``activation``, applied functionally)."""
-        return {f"encoder.layers.{i}.linear1": layer.activation for i, layer in enumerate(self.encoder.layers)}
+        return {
+            f"encoder.layers.{i}.linear1": layer.activation for i, layer in enumerate(self.encoder.layers)
+        }
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Classify a batch.
