@@ -38,12 +38,19 @@ def study_flagged(x: np.ndarray, sigma: float = 3.0) -> list[int]:
 # ---------------------------------------------------------------- per-run summaries
 
 
-def test_layer_mean_series_skips_non_finite_values() -> None:
-    steps = np.array([0, 0, 0, 10, 10, 10, 20, 20, 20])
-    values = np.array([1.0, 2.0, 3.0, 4.0, np.nan, 8.0, np.nan, np.nan, np.nan])
-    s, v = layer_mean_series(steps, values)
-    np.testing.assert_array_equal(s, [0, 10])  # step 20 has no finite value
-    np.testing.assert_array_equal(v, [2.0, 6.0])
+def test_layer_mean_series_drops_steps_where_a_layer_is_nan_or_missing() -> None:
+    # Three layers; step 10 has a NaN in layer b, step 20 is all NaN, step 30 lacks layer c's row.
+    steps = np.array([0, 0, 0, 10, 10, 10, 20, 20, 20, 30, 30, 40, 40, 40])
+    layers = np.array(list("abcabcabcababc"))
+    values = np.array([1.0, 2.0, 3.0, 4.0, np.nan, 8.0, np.nan, np.nan, np.nan, 5.0, 7.0, 3.0, 3.0, 6.0])
+    with pytest.warns(RuntimeWarning, match=r"3 step\(s\) dropped .*\(steps 10, 20, 30\)"):
+        s, v = layer_mean_series(steps, values, layers)
+    np.testing.assert_array_equal(s, [0, 40])  # a mean over a and c at step 10 would be another series
+    np.testing.assert_array_equal(v, [2.0, 4.0])
+    # Without the layer column, the fullest step sets the count; a metric never computed: no series.
+    with pytest.warns(RuntimeWarning, match="dropped"):
+        assert layer_mean_series(steps, values)[0].tolist() == [0, 40]
+    assert layer_mean_series(steps, np.full(steps.size, np.nan))[0].size == 0
 
 
 def test_summary_of_a_planted_step() -> None:

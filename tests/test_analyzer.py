@@ -75,7 +75,8 @@ def test_cka_matches_hsic_form(n: int, k1: int, k2: int) -> None:
 def test_cka_of_a_capture_with_itself_is_one_and_with_random_matrix_is_low() -> None:
     torch.manual_seed(0)
     model = build_model("cnn_shallow", "mnist").eval()
-    with ActivationCapture(model, ["conv.1", "fc"]) as cap, torch.no_grad():
+    # spatial means: one row per example, so that a (160, 3) matrix is a capture of the same probe
+    with ActivationCapture(model, ["conv.1", "fc"], conv_reduction="spatial_mean") as cap, torch.no_grad():
         model(torch.randn(160, 1, 28, 28))
     unrelated = np.random.default_rng(3).normal(size=(160, 3))
     for name in ("conv.1", "fc"):

@@ -129,7 +129,7 @@ def test_bad_input() -> None:
     before, after, x, y, _ = planted()
     with pytest.raises(KeyError, match="no module named 'nope'"):
         causal.patch_outputs(before, after, x, y, ["nope"])
-    with pytest.raises(ValueError, match="k must be in 1..32"):
+    with pytest.raises(ValueError, match=r"k must be in 1\.\.32"):
         causal.added_directions(np.zeros((5, 32)), np.zeros((5, 32)), k=0)
     with pytest.raises(ValueError, match="n_random must be >= 2"):
         causal.ablate_directions(after, x, y, "2", np.eye(WIDTH)[:1], n_random=1)

@@ -17,6 +17,7 @@ from hydra import compose, initialize_config_dir
 from ndt.analysis import FeatureVisualizer, linear_cka, pca
 from ndt.detect.study import detect_jumps
 from ndt.investigate import main
+from ndt.measure.capture import ActivationCapture
 from ndt.report import (
     InvestigateOptions,
     InvestigationError,
@@ -27,7 +28,7 @@ from ndt.report import (
     rank_events,
 )
 from ndt.running.checkpoint import checkpoint_path, load_checkpoint
-from ndt.running.train import TrainingState, restore_at, run_dir_for, run_experiment
+from ndt.running.train import TrainingState, restore_at, run_dir_for, run_experiment, training_step
 from ndt.storage.parquet import read_metrics
 
 #: A short digits run with checkpoints at 20, 40, 60: replays between them are a few steps.
@@ -131,6 +132,32 @@ def test_replayed_probe_reproduces_the_recorded_metrics_and_known_answers(mlp_ru
         separated = np.flatnonzero(np.diff(sv[:4]) < -1e-3 * sv[0])  # leading directions with a gap below
         for i in separated:
             assert abs(got.components[i] @ vt[i]) == pytest.approx(1.0, abs=1e-8)  # equal up to sign
+
+
+def test_a_run_without_probe_is_replayed_before_the_update_of_its_row(tmp_path: Path) -> None:
+    # probe_size=0: the row of step s measured step s's training forward, i.e. the weights after s
+    # optimizer steps (before update s). Replaying s steps and capturing that forward gives the row.
+    run = make_run(tmp_path, "arch=mlp_narrow", "tracker.probe_size=0", *SHORT)
+    recorded = read_metrics(run / "metrics").query("step == 40").set_index("layer")
+
+    def training_forward_pr(steps_done: int) -> dict[str, float]:
+        state = restore_at(run, steps_done)
+        with ActivationCapture(state.model, grad_enabled_only=True) as cap:
+            training_step(state)  # its forward is the one the tracker measured
+        out = {}
+        for name, a in cap.activations.items():
+            s = np.linalg.svd(a.double().numpy(), compute_uv=False)
+            out[name] = s.sum() ** 2 / (s**2).sum()  # the participation ratio, by its definition
+        return out
+
+    for name, pr in training_forward_pr(40).items():
+        assert pr == pytest.approx(recorded.at[name, "participation_ratio"], rel=1e-6), name
+    after_update = training_forward_pr(41)  # the other reading of "step 40" does not reproduce it
+    assert any(abs(pr / recorded.at[n, "participation_ratio"] - 1) > 1e-4 for n, pr in after_update.items())
+    result = investigate(run, InvestigateOptions(step=40, out=tmp_path / "o"))
+    s = result.summary
+    assert (s["moments"]["before"]["steps_done"], s["moments"]["after"]["steps_done"]) == (35, 40)
+    assert s["replay"]["check"]["ok"] and s["replay"]["check"]["n_values"] == 2 * 5 * 6  # 2 steps, 5 layers
 
 
 # -- moments (pure) ----------------------------------------------------------------------------------

@@ -124,3 +124,24 @@ def test_dict_input_and_metric_subset() -> None:
     assert out == {"x": {"stable_rank": pytest.approx(4.0)}, "y": {"stable_rank": pytest.approx(2.0)}}
     with pytest.raises(ValueError, match="unknown metric"):
         compute_metrics(torch.eye(3), metrics=["stable_rnk"])
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize(("n", "scale"), [(10, 0.1), (30, 7.3), (100, 1.0)])
+def test_cumulative_energy_at_an_exact_tie(seed: int, n: int, scale: float) -> None:
+    # 10 equal singular values: the 9th prefix holds exactly 9/10 of the energy, so 9 values hold 90%.
+    # Without a tolerance float rounding decides between 9 and 10 (about a third of these cases).
+    q, _ = np.linalg.qr(np.random.default_rng(seed).standard_normal((n, 10)))
+    assert compute_metrics(torch.from_numpy(scale * q))["cumulative_energy_90"] == 9
+
+
+@pytest.mark.parametrize(("n", "k"), [(200, 12), (20, 50)])
+def test_centring_survives_a_mean_a_million_times_the_spread(n: int, k: int) -> None:
+    # Column means ~1e6, spread ~1: the Gram's rank-one correction would keep ~4 digits; centring on
+    # the activations keeps them all. Reference: numpy's float64 SVD of the centred matrix.
+    rng = np.random.default_rng(7)
+    a = rng.standard_normal((n, k)) + 1e6 * (1.0 + rng.random(k))
+    centred = a - a.mean(axis=0)
+    got, want = compute_metrics(torch.from_numpy(a), center=True), svd_reference(centred)
+    for name in METRIC_COLUMNS:
+        assert got[name] == pytest.approx(want[name], rel=1e-8), name

@@ -188,3 +188,82 @@ def test_cuda_background_path_matches_cpu() -> None:
                 t.log(step, torch.tensor(1.0, device=device))
             results[device] = t.get_results()
     np.testing.assert_allclose(results["cuda"].stable_rank, results["cpu"].stable_rank, rtol=1e-4)
+
+
+def test_a_nan_layer_drops_its_step_from_the_layer_mean_with_one_warning() -> None:
+    # Layer "1" is NaN at step 2 only (its weight is poisoned for that forward); layer "0" never is.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 5), nn.Linear(5, 4))
+    x = torch.randn(16, 6)
+    with HighFrequencyTracker(model, sampling_frequency=1, probe=x) as t:
+        for step in range(4):
+            with torch.no_grad():
+                model[1].weight[0, 0] = float("nan") if step == 2 else 0.5
+            t.log(step)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the NaN-activation warning is tested elsewhere
+            df = t.get_results()
+        assert df[(df.step == 2) & (df.layer == "0")].stable_rank.notna().all()  # one layer only
+        with pytest.warns(RuntimeWarning, match=r"1 step\(s\) dropped .*\(steps 2\)") as caught:
+            mean = t.series("stable_rank")
+        assert len([w for w in caught if "dropped" in str(w.message)]) == 1
+    assert mean.index.tolist() == [0, 1, 3]  # step 2 is not a mean over layer "0" alone
+    by_hand = df[df.step != 2].pivot(index="step", columns="layer", values="stable_rank").mean(axis=1)
+    np.testing.assert_allclose(mean.to_numpy(), by_hand.to_numpy(), rtol=1e-12)
+
+
+class PaddedText(nn.Module):
+    """Embedding -> per-token Linear -> masked mean -> fc; declares its padding (id 0), float64."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = nn.Embedding(30, 6, padding_idx=0)
+        self.ff = nn.Linear(6, 10)
+        self.fc = nn.Linear(10, 3)
+        self.double()
+
+    def padding_mask(self, x: torch.Tensor) -> torch.Tensor:
+        return x == 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = torch.tanh(self.ff(self.embed(x)))
+        keep = (x != 0).unsqueeze(-1).to(f.dtype)
+        return self.fc((f * keep).sum(1) / keep.sum(1))
+
+
+SEQS = [[3, 4, 5, 6], [7, 8], [9, 10, 11, 12, 13, 14], [15], [16, 17, 18]]
+
+
+@pytest.mark.parametrize("reduction", ["token_mean", "tokens"])
+@pytest.mark.parametrize("with_probe", [True, False])
+def test_padding_never_enters_a_measurement(reduction: str, with_probe: bool) -> None:
+    model = PaddedText()
+    ids = torch.tensor([s + [0] * (8 - len(s)) for s in SEQS])  # 40 positions, 16 of them tokens
+    with torch.no_grad():  # each sequence alone, no padding, through the module by hand
+        per_seq = [model.ff(model.embed(torch.tensor(s))) for s in SEQS]
+    want_matrix = torch.cat(per_seq) if reduction == "tokens" else torch.stack([t.mean(0) for t in per_seq])
+    want = compute_metrics(want_matrix)
+    probe = ids if with_probe else None
+    with HighFrequencyTracker(
+        model, sampling_frequency=1, probe=probe, layers=["ff"], sequence_reduction=reduction
+    ) as t:
+        if not with_probe:
+            model(ids).sum().backward()  # the training forward is measured
+        t.log(0)
+        row = t.get_results().iloc[0]
+    assert row.n_samples == (16 if reduction == "tokens" else 5)
+    for name in ("stable_rank", "participation_ratio", "pr_eigen", "effective_rank"):
+        assert row[name] == pytest.approx(want[name], rel=1e-9), name
+
+
+def test_conv_rows_are_positions_by_default_and_spatial_means_on_request() -> None:
+    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.Flatten(), nn.Linear(8 * 36, 3))
+    probe = torch.randn(4, 1, 6, 6)
+    shapes = {}
+    for reduction in ("positions", "spatial_mean"):
+        with HighFrequencyTracker(model, sampling_frequency=1, probe=probe, conv_reduction=reduction) as t:
+            t.log(0)
+            row = t.get_results().query("layer == '0'").iloc[0]
+        shapes[reduction] = (row.n_samples, row.n_features)
+    assert shapes == {"positions": (4 * 36, 8), "spatial_mean": (4, 8)}

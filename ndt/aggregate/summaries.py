@@ -57,6 +57,7 @@ import pandas as pd
 
 from ndt.analysis.growth import GrowthFit, fit_tap
 from ndt.detect import Jumps, detect_jumps, detect_jumps_robust, get_detector
+from ndt.measure.series import layer_mean_series
 from ndt.storage.layout import METRICS_DIR, is_complete, iter_run_dirs, read_run_json
 from ndt.storage.parquet import read_metrics
 from ndt.storage.schema import METRIC_COLUMNS
@@ -158,28 +159,6 @@ def check_metric(metric: str) -> None:
         raise ValueError(f"unknown metric {metric!r}; choose one of {', '.join(METRIC_COLUMNS)}")
 
 
-def layer_mean_series(steps: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The study's series: per measurement (step), the mean of the metric over the measured layers.
-
-    Non-finite values (a layer whose activations were not finite, or a metric not computed) are left
-    out of their step's mean; a step with no finite value at all is dropped.
-
-    Args:
-        steps: (n,) step of each metric row.
-        values: (n,) metric value of each row.
-
-    Returns:
-        (steps, means): (m,) sorted distinct steps and (m,) layer means.
-    """
-    uniq, inverse = np.unique(np.asarray(steps), return_inverse=True)
-    v = np.asarray(values, dtype=np.float64)
-    finite = np.isfinite(v)
-    counts = np.bincount(inverse, weights=finite, minlength=uniq.size)
-    sums = np.bincount(inverse, weights=np.where(finite, v, 0.0), minlength=uniq.size)
-    keep = counts > 0
-    return uniq[keep], sums[keep] / counts[keep]
-
-
 def analyse_series(steps: np.ndarray, values: np.ndarray) -> tuple[GrowthFit, Jumps, Jumps]:
     """The TAP growth fit and both detectors' jumps of one series: (fit, study, robust)."""
     return fit_tap(steps, values), detect_jumps(values, steps), detect_jumps_robust(values, steps)
@@ -254,7 +233,9 @@ def read_series(
 
 
 def _frame_series(df: pd.DataFrame, metric: str) -> tuple[np.ndarray, np.ndarray]:
-    return layer_mean_series(df["step"].to_numpy(), df[metric].to_numpy())
+    return layer_mean_series(
+        df["step"].to_numpy(), df[metric].to_numpy(), df["layer"].to_numpy(), what=metric
+    )
 
 
 def run_protocol(record: dict[str, Any]) -> str:

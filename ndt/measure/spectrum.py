@@ -5,7 +5,7 @@ m = min(n, k), the metrics are (registry `METRICS`, in the schema's column order
 
 - ``stable_rank``          = ||A||_F^2 / s1^2 = sum s_i^2 / s1^2
 - ``participation_ratio``  = (sum s_i)^2 / sum s_i^2         (the study's, on singular values)
-- ``cumulative_energy_90`` = 1 + #{j : (s1^2 + ... + sj^2) / sum s_i^2 < 0.9}, at most m
+- ``cumulative_energy_90`` = 1 + #{j : (s1^2 + ... + sj^2) / sum s_i^2 < 0.9 (1 - ENERGY_RTOL)}, at most m
 - ``nuclear_norm_ratio``   = sum s_i / s1
 - ``pr_eigen``             = (sum l_i)^2 / sum l_i^2, l = eigenvalues of the centred covariance
 - ``effective_rank``       = exp(-sum p_i log p_i), p_i = s_i / sum s
@@ -18,7 +18,11 @@ absolute error of about 1e-7 * s1^2, i.e. 3e-4 * s1 on every small singular valu
 participation ratio and nuclear norm ratio by 1e-3 on (near-)low-rank activations.
 
 ``pr_eigen`` needs no second decomposition: (sum l)^2 / sum l^2 = tr(C)^2 / ||C||_F^2, and the centred
-Gram follows from the uncentred one by a rank-one correction.
+Gram follows from the uncentred one by a rank-one correction (exact enough unless the mean dwarfs the
+spread; then `centred_moments` forms the centred Gram). With ``center=True`` the columns are centred on
+the activations themselves, on their device (`gram_stats`), before the Gram: the rank-one correction
+G - n mu mu^T would cancel catastrophically when |mu| >> spread (a mean 1e6 times the spread leaves
+about 4 of float64's 16 digits), the subtraction on the activations loses nothing.
 
 A zero matrix gives 0 for every metric; a Gram with NaN/Inf gives NaN for every metric of that layer.
 """
@@ -43,6 +47,12 @@ FloatArray = np.ndarray
 # absolute error is about eps * lambda_max); treating them as exact zeros makes exact-rank matrices
 # agree with a float64 SVD of A instead of contributing sqrt(noise) ~ 1e-8 * s1 per value.
 LAMBDA_TOL = float(np.finfo(np.float64).eps)
+
+# Relative tolerance of the 90% threshold of `cumulative_energy_90`. At exact ties (10 equal singular
+# values: the 9th prefix holds exactly 90%) float rounding of the cumulative sum (~m * eps ~ 1e-13 for
+# m <= 1024) would otherwise decide the count; 1e-9 is far above that rounding and far below any
+# difference in energy a measurement can resolve.
+ENERGY_RTOL = 1e-9
 
 
 @functools.cache
@@ -69,15 +79,18 @@ class GramStats:
         gram: (m, m) float64, m = min(n, k): A A^T if n <= k ("sample side"), else A^T A.
         mean: (k,) float64 column mean of A, kept only on the feature side (k < n), where the centred
             Gram A^T A - n mu mu^T needs it. On the sample side the centring needs nothing more:
-            A mu = G 1 / n and |mu|^2 = 1^T G 1 / n^2.
+            A mu = G 1 / n and |mu|^2 = 1^T G 1 / n^2. For centred statistics, the mean of the
+            centred A (zero up to rounding).
         n_samples: n.
         n_features: k.
+        centred: whether A's columns were centred before the Gram (`gram_stats(center=True)`).
     """
 
     gram: torch.Tensor
     mean: torch.Tensor | None
     n_samples: int
     n_features: int
+    centred: bool = False
 
     @property
     def size(self) -> int:
@@ -100,21 +113,25 @@ def flat_size(size: int, sample_side: bool) -> int:
     return size * size + (0 if sample_side else size)
 
 
-def gram_stats(activations: torch.Tensor) -> GramStats:
+def gram_stats(activations: torch.Tensor, center: bool = False) -> GramStats:
     """Form the float64 Gram statistics of a (n, k) activation matrix on its own device.
 
-    Two or three tensor ops and no host synchronisation: cheap enough for a forward hook, safe on CUDA.
+    Two to four tensor ops and no host synchronisation: cheap enough for a forward hook, safe on CUDA.
 
     Args:
         activations: (n, k) tensor, any float dtype.
+        center: subtract the column means from A (in float64, on its device) before the Gram; the
+            statistics are then those of the centred matrix (`metrics_from_stats(center=True)`).
     """
     if activations.ndim != 2:
         raise ValueError(f"expected a (n_samples, n_features) matrix, got shape {tuple(activations.shape)}")
     a = activations.detach().to(torch.float64)
+    if center:
+        a = a - a.mean(dim=0)
     n, k = a.shape
     if n <= k:
-        return GramStats(gram=a @ a.T, mean=None, n_samples=n, n_features=k)  # (n, n)
-    return GramStats(gram=a.T @ a, mean=a.mean(dim=0), n_samples=n, n_features=k)  # (k, k), (k,)
+        return GramStats(gram=a @ a.T, mean=None, n_samples=n, n_features=k, centred=center)  # (n, n)
+    return GramStats(gram=a.T @ a, mean=a.mean(dim=0), n_samples=n, n_features=k, centred=center)
 
 
 def unflatten(flat: np.ndarray, size: int, sample_side: bool) -> tuple[np.ndarray, np.ndarray | None]:
@@ -218,10 +235,14 @@ def participation_ratio(sp: Spectrum) -> FloatArray:
 
 
 def cumulative_energy_90(sp: Spectrum) -> FloatArray:
-    """1 + number of leading prefixes holding < 90% of sum s_i^2, capped at m; 0 for a zero matrix."""
+    """1 + number of leading prefixes holding < 90% of sum s_i^2, capped at m; 0 for a zero matrix.
+
+    A prefix within `ENERGY_RTOL` of 90% counts as holding 90% (10 equal values give 9, not 10).
+    """
     energy = sp.energy
     cum = _ratio(np.cumsum(sp.eigenvalues, axis=1), energy[:, None])
-    count = np.minimum((cum < 0.9).sum(axis=1) + 1, sp.eigenvalues.shape[1]).astype(np.float64)
+    below = cum < 0.9 * (1.0 - ENERGY_RTOL)
+    count = np.minimum(below.sum(axis=1) + 1, sp.eigenvalues.shape[1]).astype(np.float64)
     return np.where(energy > 0, count, 0.0)
 
 
@@ -282,7 +303,8 @@ def metrics_from_stats(
         flats: L host float64 vectors in the `GramStats.pieces` layout.
         sizes: (L,) Gram side m of each.
         n_samples, n_features: (L,) n and k of each activation matrix.
-        center: decompose the centred Gram instead of the uncentred one.
+        center: the statistics are of column-centred activations (`gram_stats(center=True)`): their
+            Gram is decomposed as it is and is its own centred Gram for ``pr_eigen``.
         metrics: names from `METRICS`.
 
     Returns:
@@ -305,11 +327,9 @@ def metrics_from_stats(
             parts = [unflatten(flats[i], m, sample_side) for i in idx]
             g = np.stack([p[0] for p in parts])
             mean = None if sample_side else np.stack([p[1] for p in parts if p[1] is not None])
-            if center:
-                gc = centred_grams(g, mean, n_samples[idx])
-                ctrace[idx] = np.trace(gc, axis1=1, axis2=2)
-                cfro2[idx] = np.einsum("lij,lij->l", gc, gc)
-                g = gc
+            if center:  # already centred on the activations: no correction to apply
+                ctrace[idx] = np.trace(g, axis1=1, axis2=2)
+                cfro2[idx] = np.einsum("lij,lij->l", g, g)
             else:
                 ctrace[idx], cfro2[idx] = centred_moments(g, mean, n_samples[idx])
             lam[idx, :m] = np.linalg.eigvalsh(g)[:, ::-1]  # descending
@@ -347,7 +367,7 @@ def compute_metrics(
     metrics = validate_metric_names(metrics)
     single = not isinstance(activations, Mapping)
     mats = {"_": activations} if single else dict(activations)
-    stats = [gram_stats(torch.as_tensor(a)) for a in mats.values()]
+    stats = [gram_stats(torch.as_tensor(a), center=center) for a in mats.values()]
     values, _ = metrics_from_stats(
         [torch.cat(s.pieces()).cpu().numpy() for s in stats],
         [s.size for s in stats],

@@ -15,6 +15,9 @@ What happens at a measured step (a multiple of ``sampling_frequency``):
    measured step, reduce each layer output to (n, k) and form its float64 Gram statistics right there
    (no copy of the activations is kept, so in-place ops later cannot alter them). With a probe: at
    `log` the model runs the probe in eval mode under ``no_grad``, then returns to its previous mode.
+   What the row of step s measured (`steps_done_at`): with a probe, the weights after update s
+   (s + 1 optimizer steps done); without one, the training forward of step s, i.e. the weights
+   before update s (s steps done), on step s's batch, in train mode.
 2. One transfer: all Gram statistics, loss and gradient norm are packed into one float64 buffer; on
    CUDA it is copied to pinned host memory asynchronously and a worker thread waits for the copy, so
    the training stream never waits.
@@ -29,6 +32,7 @@ Between measured steps the hooks return at once: no copies, no synchronisation.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -47,12 +51,30 @@ import torch
 from torch import nn
 
 from ndt.detect import Detector, Jumps, get_detector
-from ndt.measure.capture import ActivationCapture, LayerSelector, SequenceReduction
+from ndt.measure.capture import (
+    MAX_ROWS,
+    ActivationCapture,
+    ConvReduction,
+    HookPoint,
+    LayerSelector,
+    PaddingMask,
+    SequenceReduction,
+)
+from ndt.measure.series import layer_mean_series
 from ndt.measure.spectrum import GramStats, flat_size, gram_stats, metrics_from_stats, validate_metric_names
 from ndt.storage.parquet import MetricsWriter
 from ndt.storage.schema import METRIC_COLUMNS
 
 log = logging.getLogger(__name__)
+
+
+def steps_done_at(step: int, probe: bool) -> int:
+    """Optimizer steps done when the row of `step` was measured: the one meaning of a row's step.
+
+    With a probe, `log(step)` measures after update `step`: step + 1 steps done. Without one, the row
+    holds the training forward of step `step`, which ran before its update: step steps done.
+    """
+    return step + 1 if probe else step
 
 
 _DRAIN = "drain"  # worker-queue request: solve whatever is buffered now
@@ -83,16 +105,26 @@ class HighFrequencyTracker:
         model: the network being trained.
         sampling_frequency: measure at steps that are multiples of this (the study: 5).
         layers: which modules; see `ndt.measure.capture.select_layers` (default: every Linear/Conv
-            output, pre-activation, and each MultiheadAttention output).
+            output and each MultiheadAttention output).
         probe: a fixed batch (a tensor, or a tuple/list whose first element is the input) measured
-            in eval mode under no_grad at each measured step; None measures the training forward
-            that preceded the step (no extra forward).
+            in eval mode under no_grad at each measured step, after that step's update; None measures
+            the training forward that preceded the step, before its update (no extra forward; see
+            `steps_done_at`).
         metrics: names from `ndt.measure.spectrum.METRICS`; the other metric columns are left null.
         writer: a directory for the Parquet parts, a `MetricsWriter`, or None (rows kept in memory).
         run_id, arch, dataset, seed: identifiers written on every row (arch defaults to the model's
             class name, run_id to a fresh unique id).
-        center: centre activations before the decomposition (the study did not).
+        center: centre activations before the decomposition (the study did not); done on the
+            activations, on their device.
         sequence_reduction: how (B, S, F) outputs become matrices; see `ndt.measure.capture`.
+        conv_reduction: how (B, C, H, W) outputs become matrices: ``positions`` (every spatial
+            position a row) or ``spatial_mean`` (the study's).
+        max_rows: most rows a ``positions`` measurement keeps (fixed positions).
+        hook_point: ``pre`` (each module's output, the study's) or ``post`` (after the nonlinearity
+            that follows it; see `ndt.measure.capture`).
+        padding_mask: ``"auto"`` (the model's declared mask, or an ``attention_mask=`` keyword), a
+            callable of the model's inputs giving (B, S) bool, True at padding, or None (unmasked:
+            the study's).
         flush_every: measurements buffered before a Parquet part is written.
         background: solve spectra on a worker thread; default: on CUDA only.
         elapsed: seconds the run already spent before this tracker (a resumed run), added to wall_time.
@@ -115,6 +147,10 @@ class HighFrequencyTracker:
         seed: int | None = None,
         center: bool = False,
         sequence_reduction: SequenceReduction | str = "token_mean",
+        conv_reduction: ConvReduction | str = "positions",
+        max_rows: int = MAX_ROWS,
+        hook_point: HookPoint | str = "pre",
+        padding_mask: PaddingMask | str = "auto",
         flush_every: int = 50,
         background: bool | None = None,
         elapsed: float = 0.0,
@@ -140,7 +176,12 @@ class HighFrequencyTracker:
             model,
             layers,
             sequence_reduction=sequence_reduction,
-            transform=gram_stats,
+            conv_reduction=conv_reduction,
+            max_rows=max_rows,
+            hook_point=hook_point,
+            padding_mask=padding_mask,
+            # centred on the activations (exact), where the Gram's rank-one correction would cancel
+            transform=functools.partial(gram_stats, center=center),
             grad_enabled_only=self.probe is None,
         ).attach()
         self._layer_index = {name: i for i, name in enumerate(self.capture.layer_names)}
@@ -224,6 +265,9 @@ class HighFrequencyTracker:
     def series(self, metric: str = "participation_ratio", layer: str | None = None) -> pd.Series:
         """A metric over steps: the mean over measured layers (the study's), or one layer's.
 
+        The layer mean is `ndt.measure.series.layer_mean_series`: a step where a layer is NaN or
+        missing is dropped (one warning names them), so the mean is over the same layers at every step.
+
         Returns:
             Series indexed by step.
         """
@@ -232,8 +276,11 @@ class HighFrequencyTracker:
         if layer is not None:
             if layer not in self._layer_index:
                 raise KeyError(f"layer {layer!r} is not measured; measured layers: {self.layer_names}")
-            df = df[df["layer"] == layer]
-        return df.groupby("step", sort=True)[metric].mean()
+            return df[df["layer"] == layer].groupby("step", sort=True)[metric].mean()
+        steps, values = layer_mean_series(
+            df["step"].to_numpy(), df[metric].to_numpy(), df["layer"].to_numpy(), what=metric
+        )
+        return pd.Series(values, index=pd.Index(steps, name="step"), name=metric)
 
     def detect_jumps(
         self, metric: str = "stable_rank", layer: str | None = None, detector: str | Detector | None = None

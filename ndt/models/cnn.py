@@ -7,12 +7,13 @@ Module names (the `layer` column of result rows):
 The head is a plain flatten of the last pooled map (no global pooling): on 28x28 input the maps
 shrink 28 -> 14 -> 7 -> 3 -> 1, and this head is the variant that reproduces the study's parameter
 counts exactly (50,186 / 104,202 / 390,410). ReLU and pooling are functional so `conv.{i}` numbering
-stays contiguous; forward hooks on `conv.{i}` see pre-activation, pre-pool outputs.
+stays contiguous; forward hooks on `conv.{i}` see pre-activation, pre-pool outputs, and
+`post_activations` declares the ReLU for post-activation (pre-pool) measurements.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from itertools import pairwise
 
 import torch
@@ -44,6 +45,10 @@ class CNN(ArchModel):
         for _ in channels:
             height, width = height // 2, width // 2
         self.fc = nn.Linear(channels[-1] * height * width, num_classes)
+
+    def post_activations(self) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+        """{layer: the nonlinearity applied to its output}: a ReLU after every conv (before pooling)."""
+        return {f"conv.{i}": F.relu for i in range(len(self.conv))}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Classify a batch.

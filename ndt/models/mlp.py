@@ -6,12 +6,13 @@ Module names (the `layer` column of result rows):
     fc          output nn.Linear to the classes
 
 ReLU is applied functionally so the names above stay contiguous (a Sequential of Linear and ReLU
-would number the Linears 0, 2, 4, ...); forward hooks on `hidden.{i}` see pre-activation outputs.
+would number the Linears 0, 2, 4, ...); forward hooks on `hidden.{i}` see pre-activation outputs, and
+`post_activations` declares the ReLU for post-activation measurements (`ndt.measure.capture`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from itertools import pairwise
 
 import torch
@@ -54,6 +55,10 @@ class MLP(ArchModel):
         widths = [embed_dim if self.embed is not None else num_inputs, *hidden]
         self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in pairwise(widths))
         self.fc = nn.Linear(widths[-1], num_classes)
+
+    def post_activations(self) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+        """{layer: the nonlinearity applied to its output}: a ReLU after every hidden layer."""
+        return {f"hidden.{i}": F.relu for i in range(len(self.hidden))}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Classify a batch.

@@ -13,13 +13,17 @@ Numeric input (images, AG News raw ids) of n values is cut into S tokens of n / 
 the divisor of n closest to 16 (ties: the smaller S, i.e. fewer and wider tokens): 784 -> 16 x 49,
 100 -> 20 x 5. Token ids (encoding "embedding") are embedded one token per position (S = 100)
 straight to width d: the embedding already is a learned projection, so no `input_proj` follows it.
-PAD positions are masked out of attention keys and of the final mean.
+PAD positions are masked out of attention keys and of the final mean; the model declares that mask
+(`padding_mask`) and its post-activation functions (`post_activations`: the ReLU after each
+``linear1``) for `ndt.measure.capture`, so measurements leave PAD out and can read post-activation.
 
 Forward hooks work in eval mode under `torch.no_grad()` too: PyTorch skips the fused encoder-layer
 fast path (which would bypass `linear1`/`linear2`) when any submodule has a hook.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -76,6 +80,33 @@ class Transformer(ArchModel):
         self.encoder = nn.TransformerEncoder(layer, num_layers, enable_nested_tensor=False)
         self.fc = nn.Linear(d_model, num_classes)
 
+    def token_mask(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, S) bool, True at the positions the model attends to and pools: the non-PAD tokens.
+
+        An all-PAD example would mask every key (softmax of all -inf is NaN): such rows attend to, and
+        pool, their first position instead.
+
+        Args:
+            x: (B, S) long token ids (embedding input only).
+        """
+        keep = x != PAD_ID  # (B, S)
+        empty = ~keep.any(dim=1, keepdim=True)  # (B, 1)
+        first = torch.zeros_like(keep)
+        first[:, 0] = True
+        return keep | (empty & first)
+
+    def padding_mask(self, x: torch.Tensor) -> torch.Tensor | None:
+        """(B, S) bool, True at the positions the model ignores (for `ndt.measure.capture`); None for
+        numeric input, which has no padding."""
+        return None if self.embed is None else ~self.token_mask(x)
+
+    def post_activations(self) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+        """{layer: the nonlinearity applied to its output}: each feed-forward ``linear1`` feeds a ReLU
+        (``nn.TransformerEncoderLayer``'s ``activation``, applied functionally)."""
+        return {
+            f"encoder.layers.{i}.linear1": layer.activation for i, layer in enumerate(self.encoder.layers)
+        }
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Classify a batch.
 
@@ -87,13 +118,7 @@ class Transformer(ArchModel):
             (B, C) logits.
         """
         if self.embed is not None:
-            keep = x != PAD_ID  # (B, S)
-            # An all-PAD example would mask every key (softmax of all -inf is NaN): let such
-            # rows attend to, and pool, their first position instead.
-            empty = ~keep.any(dim=1, keepdim=True)  # (B, 1)
-            first = torch.zeros_like(keep)
-            first[:, 0] = True
-            keep = keep | (empty & first)
+            keep = self.token_mask(x)
             h = self.embed(x) + self.pos_embedding  # (B, S, d)
             h = self.encoder(h, src_key_padding_mask=~keep)
             return self.fc(masked_mean(h, keep))

@@ -7,7 +7,9 @@
    replay of the run's own training step) and continue the replay from *before* to *after*;
 3. capture the probe's activations at both (the tracker's probe, layers and reductions), check them
    against the recorded metrics, and compare them with `ActivationAnalyzer` (CKA, principal angles,
-   metric changes, PCA, spectra);
+   metric changes, PCA, spectra). A run without a probe (``tracker.probe_size=0``) measured the training
+   forward of step s, before its update: the replay rebuilds the weights after s steps, captures that
+   very forward for the check, and compares the two moments on the first `FALLBACK_PROBE` test examples;
 4. draw the figures (`ndt.report.figures`, attribution maps from `FeatureVisualizer`) and write
    ``report.html`` (self-contained) and ``summary.json`` (`ndt.report.html` lists the keys).
 """
@@ -24,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -39,6 +41,7 @@ from ndt.analysis.comparison import Comparison, linear_cka, metric_frame, princi
 from ndt.analysis.visualize import FeatureVisualizer
 from ndt.detect import Jumps, get_detector
 from ndt.measure.capture import ActivationCapture
+from ndt.measure.spectrum import compute_metrics
 from ndt.models import describe
 from ndt.report import figures
 from ndt.report.html import FigureBlock, render_report
@@ -77,6 +80,14 @@ REPLAY_KEYS = (
     "tracker.sampling_frequency",
     "tracker.probe_size",
 )
+#: How a run's tracker turned outputs into matrices, for runs recorded before these keys existed: the
+#: study's choices (spatial means, pre-activation, PAD averaged in).
+LEGACY_CAPTURE = {
+    "conv_reduction": "spatial_mean",
+    "hook_point": "pre",
+    "mask_padding": False,
+    "max_rows": 4096,
+}
 SUMMARY_FILE = "summary.json"
 REPORT_FILE = "report.html"
 INVESTIGATE_DIR = "investigate"
@@ -93,6 +104,8 @@ class Replay:
         checkpoint: optimizer steps of the checkpoint the replay started from (0: from initialisation).
         replayed: optimizer steps replayed (from the checkpoint to *after*).
         seconds: wall time of the replay.
+        measured: for a run without a probe, the training forwards the tracker measured, as captured
+            by the replay: ({layer: (n, k)} at before, at after); None for a probe run.
     """
 
     before: nn.Module
@@ -102,29 +115,58 @@ class Replay:
     checkpoint: int
     replayed: int
     seconds: float
+    measured: tuple[dict[str, np.ndarray], dict[str, np.ndarray]] | None = None
 
 
-def replay_pair(run_dir: Path, steps_done: tuple[int, int], device: str | torch.device) -> Replay:
+def replay_pair(
+    run_dir: Path,
+    steps_done: tuple[int, int],
+    device: str | torch.device,
+    *,
+    capture: dict[str, Any] | None = None,
+    layers: Sequence[str] | None = None,
+) -> Replay:
     """Restore a run after `steps_done[0]` optimizer steps, then continue to `steps_done[1]`.
 
     The continuation runs the same `training_step` that `restore_at` replays with, so the after-state is
     the one `restore_at(run_dir, steps_done[1])` gives (bit-identical on CPU) without loading the data and
-    replaying from a checkpoint a second time.
+    replaying from a checkpoint a second time. For a run without a probe, the training forwards of steps
+    a and b (the ones its rows measured) are captured on the way; step b's update is then discarded.
 
     Args:
         run_dir: the run directory.
         steps_done: (a, b) optimizer steps, a < b.
         device: where to replay ("cpu" is bit-exact; see `ndt.running.train.resolve_device` for "auto").
+        capture: `ActivationCapture` keywords of the run's tracker (`capture_options`); default: the
+            library's.
+        layers: module names to capture, or None for the tracker's default selection.
     """
     a, b = steps_done
     t0 = time.perf_counter()
     state = restore_at(run_dir, a, resolve_device(device) if isinstance(device, str) else device)
     before = copy.deepcopy(state.model).eval()
+    measure = state.probe is None
+
+    def captured_step() -> dict[str, np.ndarray]:
+        # The tracker's view of a training step: its forward, grad on, train mode, same RNG draws.
+        with ActivationCapture(state.model, layers, grad_enabled_only=True, **(capture or {})) as cap:
+            training_step(state)
+        return {n: cap.activations[n].double().cpu().numpy() for n in cap.layer_names if n in cap.activations}
+
     # Nothing above touched torch's RNG after restore_at returned (deepcopy draws no random numbers), so
     # the dropout masks of the continued steps are the ones the run drew.
-    for _ in range(a, b):
-        training_step(state)
-    after = state.model.eval()
+    measured_b: dict[str, np.ndarray] = {}
+    for i in range(a, b):
+        if measure and i == a:
+            measured_b = captured_step()
+        else:
+            training_step(state)
+    after = state.model
+    measured = None
+    if measure:
+        after = copy.deepcopy(state.model)
+        measured = (measured_b, captured_step())  # step b's forward; its update is not kept
+    after.eval()
     probe = state.probe if state.probe is not None else state.test_x[:FALLBACK_PROBE]
     checkpoint = max((s for s, _ in list_checkpoints(run_dir) if s <= a), default=0)
     return Replay(
@@ -135,12 +177,33 @@ def replay_pair(run_dir: Path, steps_done: tuple[int, int], device: str | torch.
         checkpoint=checkpoint,
         replayed=b - checkpoint,
         seconds=time.perf_counter() - t0,
+        measured=measured,
     )
+
+
+def capture_options(cfg: DictConfig) -> dict[str, Any]:
+    """`ActivationCapture` keywords reproducing a run's tracker (`LEGACY_CAPTURE` for keys it lacks)."""
+
+    def key(name: str) -> Any:
+        value = OmegaConf.select(cfg, f"tracker.{name}")
+        return LEGACY_CAPTURE[name] if value is None else value
+
+    return {
+        "sequence_reduction": str(OmegaConf.select(cfg, "tracker.sequence_reduction") or "token_mean"),
+        "conv_reduction": str(key("conv_reduction")),
+        "max_rows": int(key("max_rows")),
+        "hook_point": str(key("hook_point")),
+        "padding_mask": "auto" if bool(key("mask_padding")) else None,
+    }
 
 
 @torch.no_grad()
 def capture_probe(
-    model: nn.Module, probe: torch.Tensor, layers: Sequence[str] | None, sequence_reduction: str
+    model: nn.Module,
+    probe: torch.Tensor,
+    layers: Sequence[str] | None,
+    sequence_reduction: str,
+    **capture: Any,
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """The probe's activations and logits, as the tracker measures them (eval mode, no grad).
 
@@ -149,14 +212,17 @@ def capture_probe(
         probe: (n, ...) inputs.
         layers: module names, or None for the tracker's default selection.
         sequence_reduction: the run's policy for (B, S, F) outputs.
+        capture: the run's other `ActivationCapture` keywords (`capture_options`); default: the
+            library's (per-position conv rows, pre-activation, padding masked).
 
     Returns:
-        ({layer: (n, k_layer) float32 array}, in model order; (n, classes) float64 logits).
+        ({layer: (n_rows, k_layer) float32 array}, in model order; (n, classes) float64 logits). n_rows
+        is n except for per-position conv rows and ``tokens``.
     """
     was_training = model.training
     model.eval()
     try:
-        with ActivationCapture(model, layers, sequence_reduction=sequence_reduction) as cap:
+        with ActivationCapture(model, layers, sequence_reduction=sequence_reduction, **capture) as cap:
             logits = model(probe)
         order = cap.layer_names
     finally:
@@ -280,16 +346,16 @@ def change_table(
 
 
 def replay_check(
-    recorded: pd.DataFrame, analyses: dict[int, dict[str, LayerAnalysis]], metrics: Sequence[str]
+    recorded: pd.DataFrame, replayed: dict[int, dict[str, dict[str, float]]], metrics: Sequence[str]
 ) -> dict[str, Any]:
     """Compare the metrics of the replayed captures with the ones the run recorded at the same steps.
 
     A match says the replay rebuilt the very model the tracker measured (and that step s means the
-    weights after s + 1 optimizer steps).
+    weights `ndt.measure.tracker.steps_done_at` says).
 
     Args:
         recorded: the run's metric rows.
-        analyses: {measurement step: {layer: LayerAnalysis}}.
+        replayed: {measurement step: {layer: {metric: value}}} of the replayed captures.
         metrics: metric columns the run recorded.
 
     Returns:
@@ -299,13 +365,13 @@ def replay_check(
     """
     rows = recorded.set_index(["step", "layer"])
     worst, n = 0.0, 0
-    for step, layers in analyses.items():
-        for layer, analysis in layers.items():
+    for step, layers in replayed.items():
+        for layer, values in layers.items():
             if (step, layer) not in rows.index:
                 continue
             for m in metrics:
                 ref = float(rows.at[(step, layer), m])
-                new = analysis.metrics.get(m, math.nan)
+                new = values.get(m, math.nan)
                 if not (math.isfinite(ref) and math.isfinite(new)):
                     continue
                 worst = max(worst, abs(new - ref) / max(abs(ref), 1e-12))
@@ -564,7 +630,9 @@ def investigate(
     run = Path(run_dir)
     record, cfg, rows = load_run(run, opts.metric)
     device = replay_device(opts.device)
-    steps, mean = layer_mean_series(rows["step"].to_numpy(), rows[opts.metric].to_numpy())
+    steps, mean = layer_mean_series(
+        rows["step"].to_numpy(), rows[opts.metric].to_numpy(), rows["layer"].to_numpy(), what=opts.metric
+    )
     moments, jumps = choose_moments(
         steps,
         mean,
@@ -573,23 +641,28 @@ def investigate(
         step=opts.step,
         detector=opts.detector,
         series=f"{run.name}'s layer-mean {opts.metric}",
+        probe=int(cfg.tracker.probe_size) > 0,
     )
     log.info("%s: %s", run.name, moments.note)
 
-    replay = replay_pair(run, moments.steps_done, device)
-    log.info(
-        "replayed %d step(s) from checkpoint %d in %.1fs", replay.replayed, replay.checkpoint, replay.seconds
-    )
-    reduction = str(cfg.tracker.sequence_reduction)
+    capture_kw = capture_options(cfg)
+    reduction = capture_kw.pop("sequence_reduction")
     try:
-        acts_b, logits_b = capture_probe(replay.before, replay.probe, opts.layers, reduction)
+        replay = replay_pair(
+            run,
+            moments.steps_done,
+            device,
+            capture={"sequence_reduction": reduction, **capture_kw},
+            layers=opts.layers,
+        )
+        acts_b, logits_b = capture_probe(replay.before, replay.probe, opts.layers, reduction, **capture_kw)
     except KeyError:
         measured = list(record.get("layers") or rows["layer"].unique())
         raise InvestigationError(
             f"layers={','.join(opts.layers or ())}: not all are modules of {record.get('arch')}; "
             f"the measured layers are {','.join(measured)}"
         ) from None
-    acts_a, logits_a = capture_probe(replay.after, replay.probe, opts.layers, reduction)
+    acts_a, logits_a = capture_probe(replay.after, replay.probe, opts.layers, reduction, **capture_kw)
 
     t_an = time.perf_counter()
     # No clustering or t-SNE: they would take most of the time and the report shows PCA scatter plots.
@@ -598,7 +671,19 @@ def investigate(
     angles = dominant_angles(acts_b, acts_a, an_b, an_a)
     comparison = compare_analyzed(acts_b, acts_a, an_b, an_a, angles, analyzer.metrics)
     table = change_table(comparison, an_b, an_a, rows, moments, opts.metric)
-    check = replay_check(rows, {moments.before: an_b, moments.after: an_a}, recorded_metrics(rows))
+    recorded_cols = recorded_metrics(rows)
+    if replay.measured is None:  # a probe run: the probe captures are what the tracker measured
+        replayed = {moments.before: {n: a.metrics for n, a in an_b.items()}}
+        replayed[moments.after] = {n: a.metrics for n, a in an_a.items()}
+    else:  # the training forwards, recomputed as the tracker did (its centring, all recorded metrics)
+        replayed = {
+            step: cast(
+                dict[str, dict[str, float]],
+                compute_metrics(acts, center=bool(cfg.tracker.center), metrics=recorded_cols),
+            )
+            for step, acts in zip((moments.before, moments.after), replay.measured, strict=True)
+        }
+    check = replay_check(rows, replayed, recorded_cols)
     if not check["ok"]:
         log.warning(
             "the replayed model's metrics differ from the recorded ones (max relative difference %s): "
@@ -639,8 +724,10 @@ def investigate(
         "event": None if moments.event is None else {"rank": moments.rank, **asdict(moments.event)},
         "events": [{"rank": r, **asdict(e)} for r, e in enumerate(rank_events(jumps), start=1)],
         "moments": {
-            name: {"step": step, "steps_done": step + 1, "mean_metric": series_at.get(step)}
-            for name, step in (("before", moments.before), ("after", moments.after))
+            name: {"step": step, "steps_done": done, "mean_metric": series_at.get(step)}
+            for name, step, done in zip(
+                ("before", "after"), (moments.before, moments.after), moments.steps_done, strict=True
+            )
         },
         "replay": {
             "device": str(device),
@@ -707,7 +794,12 @@ def figure_blocks(
     }
     highlight = None if moments.event is None else (moments.event.start_step, moments.event.end_step)
     in_order = table.sort_values("layer_order")
-    top = table.dropna(subset=["cka"])["layer"].head(opts.top).tolist()
+    # PCA scatter colours points by their example's label: only layers with one row per probe example
+    # (per-position conv rows and token rows are not examples).
+    per_example = [
+        n for n in table.dropna(subset=["cka"])["layer"] if an_b[n].pca.scores.shape[0] == len(labels)
+    ]
+    top = per_example[: opts.top]
     pca_panels = {
         n: (
             an_b[n].pca.scores[:, :2],

@@ -1,7 +1,9 @@
 """Which two moments of a run to compare: around a ranked jump event, or around a given step (pure).
 
-Steps here are **measurement steps**, as in the Parquet rows: the measurement at step s was taken after
-optimizer step s, i.e. with the weights after s + 1 optimizer steps (`Moments.steps_done`).
+Steps here are **measurement steps**, as in the Parquet rows: the row of step s was taken at optimizer
+step s; with a probe after its update (the weights after s + 1 optimizer steps), without a probe on its
+training forward, before its update (after s steps). `ndt.measure.tracker.steps_done_at` is that one
+definition; `Moments.steps_done` applies it.
 
 - **A jump** (``jump=K``): the jump detector runs on the run's layer-mean series (the series the tables
   use) and its events are ranked by peak magnitude, largest first (rank 1). For an event whose flagged
@@ -18,12 +20,13 @@ optimizer step s, i.e. with the weights after s + 1 optimizer steps (`Moments.st
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
 
 from ndt.detect import DEFAULT_DETECTOR, DETECTORS, JumpEvent, Jumps, get_detector
+from ndt.measure.tracker import steps_done_at
 from ndt.report.options import InvestigationError
 
 
@@ -40,6 +43,8 @@ class Moments:
         rank: the event's rank by peak magnitude (1 = largest); None for kind "step".
         event: the jump event; None for kind "step".
         requested_step: N of step=N (None for kind "jump").
+        probe: whether the run measured a probe (after each step's update) or its training batches
+            (before it); decides `steps_done`.
     """
 
     before: int
@@ -50,11 +55,12 @@ class Moments:
     rank: int | None = None
     event: JumpEvent | None = None
     requested_step: int | None = None
+    probe: bool = True
 
     @property
     def steps_done(self) -> tuple[int, int]:
-        """Optimizer steps done at (before, after): a measurement at step s follows s + 1 steps."""
-        return self.before + 1, self.after + 1
+        """Optimizer steps done at (before, after) measurements (`steps_done_at`: s + 1 with a probe, s without)."""
+        return steps_done_at(self.before, self.probe), steps_done_at(self.after, self.probe)
 
     @property
     def label(self) -> str:
@@ -160,6 +166,7 @@ def choose_moments(
     step: int | None = None,
     detector: str = DEFAULT_DETECTOR,
     series: str = "the series",
+    probe: bool = True,
 ) -> tuple[Moments, Jumps]:
     """Pick the moments for ``jump=K`` or ``step=N`` on one layer-mean series.
 
@@ -171,6 +178,7 @@ def choose_moments(
         step: a training step to investigate instead.
         detector: a name from `ndt.detect.DETECTORS`.
         series: what the series is, for messages (e.g. "the layer-mean participation_ratio").
+        probe: whether the run measured a probe (see `Moments.probe`).
 
     Returns:
         (moments, the detector's jumps on the series).
@@ -186,7 +194,7 @@ def choose_moments(
     jumps = detect(x, s, detector)
     events = rank_events(jumps)
     if step is not None:
-        return moments_for_step(s, step, max_steps, len(events)), jumps
+        return replace(moments_for_step(s, step, max_steps, len(events)), probe=probe), jumps
     rank = 1 if jump is None else jump
     if not events:
         raise InvestigationError(
@@ -202,4 +210,4 @@ def choose_moments(
         raise InvestigationError(
             f"jump={rank} does not exist: {series} has {len(events)} jump event(s) (detector={detector}): {listed}"
         )
-    return moments_for_event(s, events[rank - 1], rank, len(events)), jumps
+    return replace(moments_for_event(s, events[rank - 1], rank, len(events)), probe=probe), jumps

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import OmegaConf
+from omegaconf import MISSING, OmegaConf
 
 from ndt.storage.layout import run_name
 from ndt.storage.schema import METRIC_COLUMNS
@@ -48,6 +48,11 @@ class TrackerConfig:
     center: bool = False
     sequence_reduction: str = "token_mean"
     flush_every: int = 50
+    # Values come from conf/tracker/default.yaml (one source); MISSING makes a schema without it fail.
+    mask_padding: bool = MISSING
+    conv_reduction: str = MISSING
+    max_rows: int = MISSING
+    hook_point: str = MISSING
 
 
 def register_configs() -> None:

@@ -499,6 +499,10 @@ def _train(cfg: DictConfig, run_dir: Path, record: dict[str, Any]) -> dict[str, 
         seed=int(cfg.seed),
         center=cfg.tracker.center,
         sequence_reduction=cfg.tracker.sequence_reduction,
+        conv_reduction=cfg.tracker.conv_reduction,
+        max_rows=cfg.tracker.max_rows,
+        hook_point=cfg.tracker.hook_point,
+        padding_mask="auto" if cfg.tracker.mask_padding else None,  # the model declares its mask
         flush_every=cfg.tracker.flush_every,
         elapsed=elapsed,
     )
@@ -512,7 +516,8 @@ def _train(cfg: DictConfig, run_dir: Path, record: dict[str, Any]) -> dict[str, 
             loss = training_step(state)
 
             t_m = time.perf_counter()
-            tracker.log(step, loss.detach(), epoch=epoch)  # measures after the optimizer step
+            # with a probe, measures after this update; without, it measured this step's forward
+            tracker.log(step, loss.detach(), epoch=epoch)
             t.measure_s += time.perf_counter() - t_m
 
             is_log_step = (step + 1) % cfg.trainer.log_every == 0 or step + 1 == max_steps
