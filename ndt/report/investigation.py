@@ -39,7 +39,7 @@ from ndt.aggregate.summaries import check_metric, layer_mean_series
 from ndt.analysis.analyzer import ActivationAnalyzer, LayerAnalysis
 from ndt.analysis.comparison import Comparison, linear_cka, metric_frame, principal_angles
 from ndt.analysis.visualize import FeatureVisualizer
-from ndt.detect import Jumps, get_detector
+from ndt.detect import DEFAULT_DETECTOR, Jumps, get_detector
 from ndt.measure.capture import ActivationCapture
 from ndt.measure.spectrum import compute_metrics
 from ndt.models import describe
@@ -59,10 +59,9 @@ log = logging.getLogger("ndt.investigate")
 FALLBACK_PROBE = 160
 #: Recomputed and recorded metrics agreeing to this relative difference confirm the replay.
 REPLAY_TOLERANCE = 1e-4
-#: The z threshold of each detector's default settings (drawn on the series figure).
 
 
-def detector_threshold(name: str) -> float | None:
+def detector_threshold(name: str | None) -> float | None:
     """The z threshold of a detector's default settings (drawn on the series figure), if it has one."""
     value = getattr(get_detector(name), "threshold", None)
     return float(value) if isinstance(value, int | float) else None
@@ -629,6 +628,7 @@ def investigate(
     t_start = time.perf_counter()
     run = Path(run_dir)
     record, cfg, rows = load_run(run, opts.metric)
+    opts = opts.for_run(cfg)  # detector: the run protocol's unless one was named
     device = replay_device(opts.device)
     steps, mean = layer_mean_series(
         rows["step"].to_numpy(), rows[opts.metric].to_numpy(), rows["layer"].to_numpy(), what=opts.metric
@@ -639,7 +639,7 @@ def investigate(
         max_steps=int(cfg.trainer.max_steps),
         jump=opts.jump_rank,
         step=opts.step,
-        detector=opts.detector,
+        detector=opts.detector or DEFAULT_DETECTOR,
         series=f"{run.name}'s layer-mean {opts.metric}",
         probe=int(cfg.tracker.probe_size) > 0,
     )

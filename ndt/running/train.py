@@ -55,7 +55,16 @@ class RunConflictError(RuntimeError):
 
 #: Config keys that change the numbers a run produces. Others (paths, logging, progress, device,
 #: launcher) may differ between a run and its resumption.
-EXPERIMENT_KEYS = ("arch", "dataset", "seed", "trainer.max_steps", "trainer.batch_size", "tracker", "optim")
+EXPERIMENT_KEYS = (
+    "arch",
+    "dataset",
+    "seed",
+    "trainer.max_steps",
+    "trainer.batch_size",
+    "tracker",
+    "optim",
+    "protocol",
+)
 
 
 def _flatten(node: Any, prefix: str, out: dict[str, Any]) -> None:
