@@ -102,3 +102,23 @@ def test_corrected_sweep_is_the_grid_with_five_seeds(compose_cfg: Callable[..., 
     assert sorted(params.arch.split(",")) == sorted(ARCH_NAMES)
     assert params.seed == "0,1,2,3,4" and cfg.protocol.name == "corrected"
     assert cfg.sweep_name == "corrected"
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("tracker.conv_reduction=mean", "tracker.conv_reduction"),
+        ("tracker.hook_point=after", "tracker.hook_point"),
+        ("tracker.max_rows=0", "tracker.max_rows"),
+        ("protocol.name=mine", "protocol.name"),
+        ("protocol.detector=zscore", "protocol.detector"),
+    ],
+)
+def test_measurement_and_protocol_values_are_checked(
+    compose_cfg: Callable[..., DictConfig], override: str, key: str
+) -> None:
+    from ndt.running.validation import check_config
+
+    assert check_config(compose_cfg()) == []
+    problems = check_config(compose_cfg(override))
+    assert len(problems) == 1 and problems[0].startswith(f"{key}=")

@@ -19,6 +19,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from ndt.detect import DETECTORS
+from ndt.measure.capture import CONV_REDUCTIONS, HOOK_POINTS, SEQUENCE_REDUCTIONS
 from ndt.storage.schema import METRIC_COLUMNS
 
 #: Test-split sizes of the standard datasets (the probe is cut from the test subset, so it cannot be
@@ -27,7 +29,7 @@ STANDARD_TEST_SIZES = {"mnist": 10_000, "fashion_mnist": 10_000, "qmnist": 60_00
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 PROGRESS_MODES = ("auto", "bar", "log")
-SEQUENCE_REDUCTIONS = ("token_mean", "tokens", "feature_mean")
+PROTOCOLS = ("study", "corrected")
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
@@ -120,6 +122,20 @@ def check_config(cfg: DictConfig) -> list[str]:
         f"must be one of {', '.join(SEQUENCE_REDUCTIONS)}",
     )
     need("tracker.center", lambda v: isinstance(v, bool), "must be true or false")
+    need("tracker.mask_padding", lambda v: isinstance(v, bool), "must be true or false")
+    need(
+        "tracker.conv_reduction",
+        lambda v: v in CONV_REDUCTIONS,
+        f"must be one of {', '.join(CONV_REDUCTIONS)}",
+    )
+    need("tracker.hook_point", lambda v: v in HOOK_POINTS, f"must be one of {', '.join(HOOK_POINTS)}")
+    int_at_least("tracker.max_rows", 1, "rows kept per conv measurement")
+    need("protocol.name", lambda v: v in PROTOCOLS, f"must be one of {', '.join(PROTOCOLS)}")
+    need(
+        "protocol.detector",
+        lambda v: v is None or v in DETECTORS,
+        f"must be null (the default detector) or one of {', '.join(DETECTORS)}",
+    )
     split = DIGITS_TEST_SIZE if dataset == "digits" else STANDARD_TEST_SIZES.get(str(dataset))
     sizes = [s for s in (test_subset if _is_int(test_subset) else None, split) if s is not None]
     if _is_int(probe) and probe > 0 and sizes and probe > min(sizes):
