@@ -275,6 +275,7 @@ def metrics_from_stats(
     *,
     center: bool = False,
     metrics: Sequence[str] = METRIC_COLUMNS,
+    sample_sides: Sequence[bool] | None = None,
 ) -> tuple[dict[str, FloatArray], np.ndarray]:
     """Eigen-decompose L layers' Grams (batched by shape) and evaluate the chosen metrics on all at once.
 
@@ -284,6 +285,8 @@ def metrics_from_stats(
         n_samples, n_features: (L,) n and k of each activation matrix.
         center: decompose the centred Gram instead of the uncentred one.
         metrics: names from `METRICS`.
+        sample_sides: (L,) whether each Gram is A A^T; default: n <= k, as `gram_stats` forms them
+            (statistics summed across ranks are feature-side whatever n; see `ndt.measure.distributed`).
 
     Returns:
         ({metric: (L,) float64}, finite) where finite is an (L,) bool mask; layers whose statistics
@@ -293,7 +296,8 @@ def metrics_from_stats(
     finite = np.array([bool(np.isfinite(f).all()) for f in flats], dtype=bool)
     groups: dict[tuple[int, bool], list[int]] = {}
     for i in np.flatnonzero(finite):
-        groups.setdefault((sizes[int(i)], bool(n_samples[i] <= n_features[i])), []).append(int(i))
+        side = bool(n_samples[i] <= n_features[i]) if sample_sides is None else bool(sample_sides[int(i)])
+        groups.setdefault((sizes[int(i)], side), []).append(int(i))
     m_max = max(sizes, default=1)
     # Eigenvalues zero-padded to m_max: zero singular values change no metric, and one (L, m_max)
     # array lets every metric run once for the whole batch.
