@@ -231,7 +231,7 @@ class TensorBoardLogger(MeasurementLogger):
         except ImportError as e:
             raise _missing("tensorboard", "tensorboard") from e
         self._own = isinstance(log_dir, str | os.PathLike)
-        self.writer = SummaryWriter(str(log_dir), purge_step=purge_step) if self._own else log_dir
+        self.writer: Any = SummaryWriter(str(log_dir), purge_step=purge_step) if self._own else log_dir
 
     def _scalars(self, step: int, scalars: dict[str, float]) -> None:
         for key, value in scalars.items():
