@@ -221,3 +221,25 @@ def test_import_ndt_imports_no_framework() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_hydra_runner_writes_tensorboard_beside_the_run(compose_cfg: Any) -> None:
+    pytest.importorskip("tensorboard", reason="the tensorboard extra is not installed")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from ndt.running.train import experiment_signature, run_dir_for, run_experiment
+    from ndt.storage.parquet import read_metrics
+
+    cfg = compose_cfg("trainer.max_steps=20", "trainer.checkpoint.every=10", "tracker.loggers=[tensorboard]")
+    assert run_experiment(cfg)["status"] == "complete"
+    run_dir = run_dir_for(cfg)
+    acc = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0})
+    acc.Reload()
+    want = read_metrics(run_dir / "metrics").groupby("step")["stable_rank"].mean()
+    got = {e.step: e.value for e in acc.Scalars("ndt/stable_rank/mean")}
+    assert sorted(got) == list(want.index)
+    np.testing.assert_allclose([got[s] for s in want.index], want.to_numpy(), rtol=1e-6)
+    # Where the rows are also sent is not part of the experiment: a resume may change it.
+    assert not any(
+        k.startswith("tracker.loggers") for k in experiment_signature({"tracker": {"loggers": ["x"]}})
+    )

@@ -48,6 +48,7 @@ class TrackerConfig:
     center: bool = False
     sequence_reduction: str = "token_mean"
     flush_every: int = 50
+    loggers: list[str] = field(default_factory=list)  # ndt.integrations.loggers.LOGGERS
 
 
 def register_configs() -> None:
