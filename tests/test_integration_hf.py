@@ -7,9 +7,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from conftest import import_extra
 
-transformers = pytest.importorskip("transformers", reason="the hf extra is not installed")
-pytest.importorskip("accelerate", reason="transformers.Trainer needs accelerate (the hf extra)")
+transformers = import_extra("transformers", "hf")
+import_extra("accelerate", "hf")  # transformers.Trainer needs it
 
 from ndt.integrations.hf import DimensionalityCallback, hf_default_layers  # noqa: E402
 from ndt.measure.tracker import HighFrequencyTracker  # noqa: E402

@@ -7,9 +7,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from conftest import import_extra
 from torch import nn
 
-pl = pytest.importorskip("lightning.pytorch", reason="the lightning extra is not installed")
+pl = import_extra("lightning.pytorch", "lightning")
 
 from ndt.detect import get_detector  # noqa: E402
 from ndt.integrations.lightning import DimensionalityCallback  # noqa: E402

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import import_extra
 from torch import nn
 
 from ndt.measure.tracker import HighFrequencyTracker
@@ -52,7 +53,7 @@ def expected_scalars(rows: pd.DataFrame, metric: str) -> dict[str, dict[int, flo
 
 
 def test_tensorboard_event_files_hold_the_rows(tmp_path: Path) -> None:
-    pytest.importorskip("tensorboard", reason="the tensorboard extra is not installed")
+    import_extra("tensorboard", "tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from ndt.integrations.loggers import TensorBoardLogger
@@ -121,7 +122,7 @@ def read_wandb_history(run_file: Path) -> list[dict[str, Any]]:
 
 @pytest.mark.slow
 def test_wandb_offline_run_holds_the_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    wandb = pytest.importorskip("wandb", reason="the wandb extra is not installed")
+    wandb = import_extra("wandb", "wandb")
     from ndt.integrations.loggers import WandbLogger
 
     monkeypatch.setenv("WANDB_MODE", "offline")
@@ -147,7 +148,7 @@ def test_wandb_offline_run_holds_the_rows(tmp_path: Path, monkeypatch: pytest.Mo
 
 @pytest.mark.slow
 def test_mlflow_local_store_holds_the_rows(tmp_path: Path) -> None:
-    mlflow = pytest.importorskip("mlflow", reason="the mlflow extra is not installed")
+    mlflow = import_extra("mlflow", "mlflow")
     from ndt.integrations.loggers import MlflowLogger
 
     # A local sqlite store: MLflow 3 refuses new file stores unless MLFLOW_ALLOW_FILE_STORE is set.
@@ -224,7 +225,7 @@ def test_import_ndt_imports_no_framework() -> None:
 
 
 def test_hydra_runner_writes_tensorboard_beside_the_run(compose_cfg: Any) -> None:
-    pytest.importorskip("tensorboard", reason="the tensorboard extra is not installed")
+    import_extra("tensorboard", "tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from ndt.running.train import experiment_signature, run_dir_for, run_experiment

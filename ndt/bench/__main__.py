@@ -1,4 +1,4 @@
-"""`python -m ndt.bench [kernel] [overhead] [runs] [aggregate]`: print the benchmark ratios measured in this run."""
+"""`python -m ndt.bench [kernel] [overhead] [callbacks] [runs] [aggregate]`: print the benchmark ratios measured in this run."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from ndt.bench.overhead import bench_overhead, report_overhead
 from ndt.bench.runs import bench_runs, report_runs
 from ndt.bench.timing import machine_line
 
-BENCHES = ("kernel", "overhead", "runs", "aggregate")
+BENCHES = ("kernel", "overhead", "callbacks", "runs", "aggregate")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -30,6 +30,15 @@ def main(argv: list[str] | None = None) -> None:
         print(report_overhead(bench_overhead()), flush=True)
         if torch.cuda.is_available():
             print(report_overhead(bench_overhead(device="cuda")), flush=True)
+    if "callbacks" in which:
+        try:
+            import lightning  # noqa: F401
+        except ImportError:
+            print("callback overhead: skipped (pip install 'ndt[lightning]', or make install-integrations)")
+        else:
+            from ndt.bench.callbacks import bench_callbacks, report_callbacks
+
+            print(report_callbacks(bench_callbacks()), flush=True)
     if "runs" in which:
         print(report_runs(bench_runs()), flush=True)
     if "aggregate" in which:
