@@ -153,7 +153,13 @@ def test_mlflow_local_store_holds_the_rows(tmp_path: Path) -> None:
 
     # A local sqlite store: MLflow 3 refuses new file stores unless MLFLOW_ALLOW_FILE_STORE is set.
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    logger = MlflowLogger(tracking_uri=uri, experiment="ndt-test", run_name="tiny", heatmap_every=8)
+    logger = MlflowLogger(
+        tracking_uri=uri,
+        experiment="ndt-test",
+        run_name="tiny",
+        heatmap_every=8,
+        artifact_location=tmp_path / "art",
+    )
     rows = tracked_run([logger], tmp_path)
     client = mlflow.MlflowClient(uri)
     run = client.get_run(logger.run_id)
@@ -169,6 +175,7 @@ def test_mlflow_local_store_holds_the_rows(tmp_path: Path) -> None:
         )
     artifacts = {a.path for a in client.list_artifacts(logger.run_id, "ndt/heatmap/effective_rank")}
     assert "ndt/heatmap/effective_rank/step_00000035.png" in artifacts
+    assert (tmp_path / "art").is_dir()  # artifacts stay with the store, not in the working directory
 
 
 # ----------------------------------------------------------------------------- robustness, imports

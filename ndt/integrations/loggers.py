@@ -307,6 +307,8 @@ class MlflowLogger(MeasurementLogger):
             (``MLFLOW_TRACKING_URI``).
         experiment: experiment name for a new run (created if absent).
         run_name: name of a new run.
+        artifact_location: where a new experiment keeps artifacts (heatmaps, events); None: MLflow's
+            default, ``./mlruns`` under the current directory for a database store.
         **kwargs: as `MeasurementLogger`.
     """
 
@@ -317,6 +319,7 @@ class MlflowLogger(MeasurementLogger):
         tracking_uri: str | None = None,
         experiment: str | None = None,
         run_name: str | None = None,
+        artifact_location: str | os.PathLike[str] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -334,7 +337,12 @@ class MlflowLogger(MeasurementLogger):
         if run_id is None:
             name = experiment or "ndt"
             found = self.client.get_experiment_by_name(name)
-            exp_id = found.experiment_id if found is not None else self.client.create_experiment(name)
+            location = None if artifact_location is None else Path(artifact_location).resolve().as_uri()
+            exp_id = (
+                found.experiment_id
+                if found is not None
+                else self.client.create_experiment(name, artifact_location=location)
+            )
             run_id = self.client.create_run(exp_id, run_name=run_name).info.run_id
         self.run_id: str = run_id
 
@@ -370,7 +378,7 @@ def make_loggers(
       (``WANDB_MODE=offline`` works; ``wandb sync`` uploads later);
     - ``mlflow``: a run in experiment `group` of ``MLFLOW_TRACKING_URI``, by default the file store
       ``sqlite:///<sweep dir>/mlflow.db`` (``mlflow ui --backend-store-uri sqlite:///<sweep dir>/mlflow.db``;
-      MLflow 3 refuses new file stores).
+      MLflow 3 refuses new file stores), artifacts in ``<sweep dir>/mlartifacts``.
 
     Raises:
         ValueError: an unknown name (before anything is created).
@@ -394,5 +402,12 @@ def make_loggers(
                 os.environ.get("MLFLOW_TRACKING_URI")
                 or f"sqlite:///{(run_dir.parent / 'mlflow.db').resolve()}"
             )
-            out.append(MlflowLogger(tracking_uri=uri, experiment=group or "ndt", run_name=run_dir.name))
+            out.append(
+                MlflowLogger(
+                    tracking_uri=uri,
+                    experiment=group or "ndt",
+                    run_name=run_dir.name,
+                    artifact_location=run_dir.parent / "mlartifacts",
+                )
+            )
     return out
