@@ -1,4 +1,4 @@
-"""`python -m ndt.bench [kernel] [overhead] [runs] [aggregate] [view]`: print the benchmark ratios measured in this run."""
+"""`python -m ndt.bench [kernel] [overhead] [callbacks] [runs] [aggregate] [view]`: print the benchmark ratios measured in this run."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from ndt.bench.runs import bench_runs, report_runs
 from ndt.bench.timing import machine_line
 from ndt.bench.view import bench_view, report_view
 
-BENCHES = ("kernel", "overhead", "runs", "aggregate", "view")
+BENCHES = ("kernel", "overhead", "callbacks", "runs", "aggregate", "view")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -31,6 +31,15 @@ def main(argv: list[str] | None = None) -> None:
         print(report_overhead(bench_overhead()), flush=True)
         if torch.cuda.is_available():
             print(report_overhead(bench_overhead(device="cuda")), flush=True)
+    if "callbacks" in which:
+        try:
+            import lightning  # noqa: F401
+        except ImportError:
+            print("callback overhead: skipped (pip install 'ndt[lightning]', or make install-integrations)")
+        else:
+            from ndt.bench.callbacks import bench_callbacks, report_callbacks
+
+            print(report_callbacks(bench_callbacks()), flush=True)
     if "runs" in which:
         print(report_runs(bench_runs()), flush=True)
     if "aggregate" in which:
