@@ -240,15 +240,309 @@ def _run_staircase(spec: StaircaseSpec, seed: int, control: bool) -> dict[str, A
     }
 
 
+@dataclass(frozen=True)
+class ParitySpec:
+    """Case B: an MLP learns a sparse parity by online SGD (hidden progress, Barak et al. 2022).
+
+    Attributes:
+        n_bits, k: inputs x in {-1, +1}^n_bits, label y = x_1 ... x_k.
+        width: hidden units of Linear(n_bits, width) - ReLU - Linear(width, 1).
+        batch_size: fresh batch per step.
+        lr, weight_decay: SGD.
+        n_steps: SGD steps (t* is about 1,500 to 2,500 at these sizes).
+        sampling_frequency: tracker period, in steps.
+        n_test: fixed test points (accuracy every `eval_every` steps).
+        eval_every: test-accuracy period, in steps.
+        n_probe: probe points (the first of the test points) the tracker measures.
+        accuracy_level: t* is the first evaluated step with test accuracy >= this.
+        window_lo, window_hi: hit window [window_lo t*, window_hi t*].
+    """
+
+    n_bits: int = 50
+    k: int = 3
+    width: int = 1000
+    batch_size: int = 32
+    lr: float = 0.1
+    weight_decay: float = 0.01
+    n_steps: int = 4000
+    sampling_frequency: int = 8
+    n_test: int = 2000
+    eval_every: int = 8
+    n_probe: int = 256
+    accuracy_level: float = 0.9
+    window_lo: float = 0.5
+    window_hi: float = 1.1
+
+
+def random_signs(n: int, d: int, gen: torch.Generator) -> torch.Tensor:
+    """(n, d) float32 matrix of independent uniform +-1."""
+    return torch.randint(0, 2, (n, d), generator=gen).float() * 2 - 1
+
+
+def _run_parity(spec: ParitySpec, seed: int, control: bool) -> dict[str, Any]:
+    gen = _seeded(seed)
+    model = nn.Sequential(
+        OrderedDict(hidden=nn.Linear(spec.n_bits, spec.width), relu=nn.ReLU(), out=nn.Linear(spec.width, 1))
+    )
+    x_test = random_signs(spec.n_test, spec.n_bits, gen)
+    y_test = x_test[:, : spec.k].prod(dim=1)
+    opt = torch.optim.SGD(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
+    tracker = HighFrequencyTracker(
+        model,
+        sampling_frequency=spec.sampling_frequency,
+        probe=x_test[: spec.n_probe],
+        writer=None,
+        layers=["hidden", "out"],
+        seed=seed,
+        arch="mlp",
+        dataset="parity_control" if control else "parity",
+    )
+    eval_steps, accs = [], []
+    with tracker:
+        for step in range(spec.n_steps):
+            x = random_signs(spec.batch_size, spec.n_bits, gen)
+            # The control's labels are fresh coin flips, independent of x.
+            y = random_signs(spec.batch_size, 1, gen)[:, 0] if control else x[:, : spec.k].prod(dim=1)
+            loss = torch.clamp(1 - y * model(x)[:, 0], min=0).mean()  # hinge
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            tracker.log(step, loss.item())
+            if step % spec.eval_every == 0:
+                with torch.no_grad():
+                    pred = torch.where(model(x_test)[:, 0] >= 0, 1.0, -1.0)
+                eval_steps.append(step)
+                accs.append(float((pred == y_test).float().mean()))
+        rows = tracker.get_results()
+    t_star = None if control else truth.first_crossing(eval_steps, accs, spec.accuracy_level)
+    truth_steps = [] if t_star is None else [t_star]
+    windows = [(math.floor(spec.window_lo * t), math.ceil(spec.window_hi * t)) for t in truth_steps]
+    return {
+        "rows": rows,
+        "truth_steps": truth_steps,
+        "windows": windows,
+        "layer": "hidden",
+        "min_hits": 1,
+        "n_steps": spec.n_steps,
+        "curves": pd.DataFrame({"test_accuracy": accs}, index=pd.Index(eval_steps, name="step")),
+        "info": {"final_accuracy": accs[-1]},
+    }
+
+
+@dataclass(frozen=True)
+class CopySpec:
+    """Case C: a 2-layer attention-only transformer learns in-context copying (induction heads).
+
+    A sequence is `n_prefix` uniform random tokens, then a copy of `n_copy` consecutive ones of them
+    starting at a random offset in [0, max_offset): the copy is predictable only by finding the current
+    token earlier and reading its successor (an induction head), not by position.
+
+    Attributes:
+        vocab: token vocabulary size.
+        n_prefix, n_copy, max_offset: sequence layout (length n_prefix + n_copy).
+        d_model, n_heads, n_layers: the model (no MLPs, no LayerNorm; learned positions).
+        batch_size: fresh sequences per step.
+        lr, weight_decay: AdamW.
+        n_steps: steps (t* is about 900 to 1,100 at these sizes).
+        sampling_frequency: tracker period, in steps.
+        n_eval: fixed held-out sequences for the repeated-token loss, every `eval_every` steps.
+        n_probe: the first `n_probe` of them are the tracker's probe (every token a sample).
+        plateau: fractions of the evaluations whose median is the plateau (see `truth.midpoint_crossing`).
+        window_rel, window_min: hit window t* +- max(window_rel t*, window_min).
+    """
+
+    vocab: int = 64
+    n_prefix: int = 16
+    n_copy: int = 8
+    max_offset: int = 8
+    d_model: int = 48
+    n_heads: int = 4
+    n_layers: int = 2
+    batch_size: int = 64
+    lr: float = 3e-3
+    weight_decay: float = 0.01
+    n_steps: int = 1800
+    sampling_frequency: int = 4
+    n_eval: int = 128
+    eval_every: int = 8
+    n_probe: int = 32
+    plateau: tuple[float, float] = (0.05, 0.15)
+    window_rel: float = 0.15
+    window_min: int = 50
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head causal self-attention with separate q/k/v/out Linear projections (no biases).
+
+    ``last_attention`` keeps the latest (B, H, S, S) attention pattern for the prefix-matching score.
+    """
+
+    def __init__(self, d_model: int, n_heads: int) -> None:
+        super().__init__()
+        self.n_heads = n_heads
+        self.q = nn.Linear(d_model, d_model, bias=False)
+        self.k = nn.Linear(d_model, d_model, bias=False)
+        self.v = nn.Linear(d_model, d_model, bias=False)
+        self.out = nn.Linear(d_model, d_model, bias=False)
+        self.last_attention: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, S, d_model) -> (B, S, d_model)."""
+        b, s, d = x.shape
+        hd = d // self.n_heads
+
+        def heads(t: torch.Tensor) -> torch.Tensor:
+            return t.view(b, s, self.n_heads, hd).transpose(1, 2)  # (B, H, S, hd)
+
+        q, k, v = heads(self.q(x)), heads(self.k(x)), heads(self.v(x))
+        scores = q @ k.transpose(-1, -2) / math.sqrt(hd)
+        future = torch.ones(s, s, dtype=torch.bool, device=x.device).triu(1)
+        att = scores.masked_fill(future, float("-inf")).softmax(dim=-1)
+        self.last_attention = att.detach()
+        return self.out((att @ v).transpose(1, 2).reshape(b, s, d))
+
+
+class AttentionOnly(nn.Module):
+    """Token + learned position embeddings, `n_layers` residual attention blocks, a linear unembedding."""
+
+    def __init__(self, vocab: int, seq_len: int, d_model: int, n_heads: int, n_layers: int) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, d_model)
+        self.pos = nn.Parameter(torch.randn(seq_len, d_model) * 0.02)
+        self.blocks = nn.ModuleList([CausalSelfAttention(d_model, n_heads) for _ in range(n_layers)])
+        self.unembed = nn.Linear(d_model, vocab, bias=False)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, S) int64 -> (B, S, vocab) logits."""
+        x = self.embed(tokens) + self.pos[: tokens.shape[1]]
+        for block in self.blocks:
+            x = x + block(x)
+        return self.unembed(x)
+
+
+def copy_batch(
+    spec: CopySpec, n: int, gen: torch.Generator, control: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(n, n_prefix + n_copy) tokens and (n,) copy offsets; the control's copy is fresh tokens."""
+    prefix = torch.randint(0, spec.vocab, (n, spec.n_prefix), generator=gen)
+    offset = torch.randint(0, spec.max_offset, (n,), generator=gen)
+    if control:
+        tail = torch.randint(0, spec.vocab, (n, spec.n_copy), generator=gen)
+    else:
+        tail = prefix.gather(1, offset[:, None] + torch.arange(spec.n_copy)[None, :])
+    return torch.cat([prefix, tail], dim=1), offset
+
+
+def repeated_loss(logits: torch.Tensor, tokens: torch.Tensor, n_prefix: int) -> torch.Tensor:
+    """Mean cross-entropy on the copy's tokens after its first (those an induction head can predict).
+
+    Args:
+        logits: (B, S - 1, V) predictions for tokens[:, 1:].
+        tokens: (B, S).
+        n_prefix: copy starts at this position.
+    """
+    pred = logits[:, n_prefix:]  # predicts tokens n_prefix + 1 .. S - 1
+    return nn.functional.cross_entropy(
+        pred.reshape(-1, pred.shape[-1]), tokens[:, n_prefix + 1 :].reshape(-1)
+    )
+
+
+def prefix_matching(
+    attention: torch.Tensor, offset: torch.Tensor, n_prefix: int, n_copy: int
+) -> torch.Tensor:
+    """Per head, mean attention from a copy token to the successor of its earlier occurrence.
+
+    The copy token at position n_prefix + m (m >= 0) equals the prefix token at offset + m; an induction
+    head attends to its successor, position offset + m + 1 (never after the query: offset < n_prefix).
+
+    Args:
+        attention: (B, H, S', S') attention of the layer (S' = sequence length fed to the model).
+        offset: (B,) copy offsets.
+        n_prefix, n_copy: sequence layout.
+
+    Returns:
+        (H,) scores in [0, 1].
+    """
+    m = torch.arange(min(n_copy, attention.shape[-1] - n_prefix))  # copy positions the model saw
+    key = offset[:, None] + m[None, :] + 1  # (B, M)
+    b_idx = torch.arange(attention.shape[0])[:, None].expand_as(key)
+    q_idx = (n_prefix + m)[None, :].expand_as(key)
+    weights = attention[b_idx, :, q_idx, key]  # (B, M, H): advanced indices first, then the head axis
+    return weights.mean(dim=(0, 1))
+
+
+def _run_copying(spec: CopySpec, seed: int, control: bool) -> dict[str, Any]:
+    gen = _seeded(seed)
+    seq_len = spec.n_prefix + spec.n_copy
+    model = AttentionOnly(spec.vocab, seq_len - 1, spec.d_model, spec.n_heads, spec.n_layers)
+    eval_tokens, eval_offset = copy_batch(spec, spec.n_eval, gen, control)
+    opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
+    tracker = HighFrequencyTracker(
+        model,
+        sampling_frequency=spec.sampling_frequency,
+        probe=eval_tokens[: spec.n_probe, :-1],
+        writer=None,
+        sequence_reduction="tokens",
+        seed=seed,
+        arch="attn_only",
+        dataset="copy_control" if control else "copy",
+    )
+    last = model.blocks[-1]
+    assert isinstance(last, CausalSelfAttention)
+    eval_steps, rep_losses, prefix_scores = [], [], []
+    with tracker:
+        for step in range(spec.n_steps):
+            tokens, _ = copy_batch(spec, spec.batch_size, gen, control)
+            logits = model(tokens[:, :-1])
+            loss = nn.functional.cross_entropy(logits.reshape(-1, spec.vocab), tokens[:, 1:].reshape(-1))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            tracker.log(step, loss.item())
+            if step % spec.eval_every == 0:
+                with torch.no_grad():
+                    eval_logits = model(eval_tokens[:, :-1])
+                    rep = repeated_loss(eval_logits, eval_tokens, spec.n_prefix)
+                    assert last.last_attention is not None
+                    score = prefix_matching(last.last_attention, eval_offset, spec.n_prefix, spec.n_copy)
+                eval_steps.append(step)
+                rep_losses.append(float(rep))
+                prefix_scores.append(float(score.max()))
+        rows = tracker.get_results()
+    t_star, plateau, floor = truth.midpoint_crossing(eval_steps, rep_losses, plateau=spec.plateau)
+    # The control's loss does not fall by much; a crossing there would be noise, not a transition.
+    truth_steps = [] if control or t_star is None else [t_star]
+    return {
+        "rows": rows,
+        "truth_steps": truth_steps,
+        "windows": [truth.window(t, spec.window_rel, spec.window_min) for t in truth_steps],
+        "layer": f"blocks.{spec.n_layers - 1}.out",
+        "min_hits": 1,
+        "n_steps": spec.n_steps,
+        "curves": pd.DataFrame(
+            {"repeated_loss": rep_losses, "prefix_matching": prefix_scores},
+            index=pd.Index(eval_steps, name="step"),
+        ),
+        "info": {
+            "plateau_loss": plateau,
+            "floor_loss": floor,
+            "final_prefix_matching": prefix_scores[-1],
+            "final_repeated_loss": rep_losses[-1],
+        },
+    }
+
+
 # ---------------------------------------------------------------------------------------------- registry
 
 #: case -> (default spec, runner(spec, seed, control) -> CaseRun fields).
 CASES: dict[str, tuple[Any, Callable[[Any, int, bool], dict[str, Any]]]] = {
     "A": (StaircaseSpec(), _run_staircase),
+    "B": (ParitySpec(), _run_parity),
+    "C": (CopySpec(), _run_copying),
 }
 
 #: Cases in the fast tier (`make validate`); the rest run only in `make validate-slow`.
-FAST_CASES: tuple[str, ...] = ("A",)
+FAST_CASES: tuple[str, ...] = ("A", "B", "C")
 
 
 def _cache_path(cache_dir: Path, case: str, seed: int, control: bool, spec: Any) -> Path:

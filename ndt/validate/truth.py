@@ -95,35 +95,35 @@ def midpoint_crossing(
     steps: Sequence[int] | np.ndarray,
     loss: Sequence[float] | np.ndarray,
     *,
-    plateau_frac: float = 0.1,
+    plateau: tuple[float, float] = (0.05, 0.15),
     floor_frac: float = 0.1,
-) -> int | None:
+) -> tuple[int | None, float, float]:
     """First step where a falling loss crosses the midpoint between its plateau and its floor.
 
-    The plateau is the median of the loss over the first `plateau_frac` of the recorded steps
-    (after the initial drop those steps are the plateau; callers pass the curve from the plateau on when
-    the drop is long); the floor is the median over the last `floor_frac`. A curve that does not fall
-    (floor >= plateau) has no crossing.
+    The plateau is the median of the loss over the samples in the fractions `plateau` of the curve
+    (after the first drop from initialisation, before the transition); the floor is the median over the
+    last `floor_frac` of the samples. The crossing is searched after the plateau window. A curve that
+    does not fall (floor >= plateau) has no crossing.
 
     Args:
         steps: (m,) increasing steps.
         loss: (m,) loss at those steps.
-        plateau_frac, floor_frac: fractions of the samples that define the plateau and the floor.
+        plateau: (start, end) fractions of the samples that define the plateau.
+        floor_frac: fraction of the last samples that defines the floor.
 
     Returns:
-        The first step with loss <= (plateau + floor) / 2, searched after the plateau window; None when
-        the loss never falls.
+        (the first step with loss <= (plateau + floor) / 2 or None, plateau level, floor level).
     """
     s = np.asarray(steps)
     y = np.asarray(loss, dtype=np.float64)
     m = y.size
-    n_p = max(1, round(plateau_frac * m))
+    p0, p1 = round(plateau[0] * m), max(round(plateau[1] * m), round(plateau[0] * m) + 1)
     n_f = max(1, round(floor_frac * m))
-    plateau = float(np.median(y[:n_p]))
-    floor = float(np.median(y[-n_f:]))
-    if not floor < plateau:
-        return None
-    return first_crossing(s[n_p:], y[n_p:], (plateau + floor) / 2.0, above=False)
+    level_p = float(np.median(y[p0:p1]))
+    level_f = float(np.median(y[-n_f:]))
+    if not level_f < level_p:
+        return None, level_p, level_f
+    return first_crossing(s[p1:], y[p1:], (level_p + level_f) / 2.0, above=False), level_p, level_f
 
 
 def window(t: int, rel: float, min_half_width: int) -> tuple[int, int]:
