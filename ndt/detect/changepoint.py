@@ -119,17 +119,6 @@ def _segment_sums(t: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.hstack([np.zeros((6, 1)), np.cumsum(terms, axis=1)])
 
 
-def _rss(sums: np.ndarray, i: np.ndarray, j: int) -> np.ndarray:
-    """(k,) residual sums of squares of the least-squares lines on samples [i, j), one per start in `i`."""
-    n, st, stt, sy, sty, syy = sums[:, j, None] - sums[:, i]
-    stt_c = stt - st * st / n
-    sty_c = sty - st * sy / n
-    syy_c = syy - sy * sy / n
-    with np.errstate(divide="ignore", invalid="ignore"):
-        rss = syy_c - np.where(stt_c > 0, sty_c * sty_c / stt_c, 0.0)
-    return np.maximum(rss, 0.0)
-
-
 def _line(sums: np.ndarray, i: int, j: int) -> tuple[float, float]:
     """(intercept, slope) of the least-squares line on samples [i, j)."""
     n, st, stt, sy, sty, _ = sums[:, j] - sums[:, i]
@@ -138,10 +127,17 @@ def _line(sums: np.ndarray, i: int, j: int) -> tuple[float, float]:
     return float((sy - slope * st) / n), float(slope)
 
 
-def optimal_partition(t: np.ndarray, y: np.ndarray, penalty: float, min_duration: float) -> list[int]:
-    """Exact penalised piecewise-linear segmentation (optimal partitioning with PELT pruning).
+#: Columns of the segment-cost matrix computed at once (bounds the memory at (m + 1) x this floats).
+_COST_BLOCK = 256
 
-    Minimises sum over segments of (RSS of its least-squares line) + penalty per segment.
+
+def optimal_partition(t: np.ndarray, y: np.ndarray, penalty: float, min_duration: float) -> list[int]:
+    """Exact penalised piecewise-linear segmentation (optimal partitioning, Jackson et al. 2005).
+
+    Minimises sum over segments of (RSS of its least-squares line) + penalty per segment, over every
+    partition whose segments are long enough. The costs of all segments ending in a block of
+    `_COST_BLOCK` samples are computed in one vectorised step; the recursion then does one `argmin`
+    per sample.
 
     Args:
         t: (m,) strictly increasing sample times.
@@ -163,29 +159,42 @@ def optimal_partition(t: np.ndarray, y: np.ndarray, penalty: float, min_duration
     by_samples = ends - MIN_SEGMENT_SAMPLES
     by_time = np.searchsorted(t, t[np.clip(ends - 1, 0, m - 1)] - min_duration, side="right") - 1
     last = np.minimum(by_samples, by_time)
-    cands = np.zeros(0, dtype=np.int64)
-    added = 0  # starts 0..added-1 have entered the candidate set
-    for j in range(MIN_SEGMENT_SAMPLES, m + 1):
-        if last[j] >= added:
-            new = np.arange(added, last[j] + 1)
-            new = new[np.isfinite(best[new])]
-            cands = np.concatenate([cands, new])
-            added = int(last[j]) + 1
-        if cands.size == 0:
+    for j0 in range(MIN_SEGMENT_SAMPLES, m + 1, _COST_BLOCK):
+        js = np.arange(j0, min(j0 + _COST_BLOCK, m + 1))
+        top = int(last[js[-1]]) + 1
+        if top <= 0:
             continue
-        total = best[cands] + _rss(sums, cands, j)
-        k = int(np.argmin(total))
-        best[j] = float(total[k]) + penalty
-        prev[j] = cands[k]
-        # PELT: a start whose cost already exceeds the optimum at j can never be optimal later
-        # (splitting a segment never increases the RSS).
-        cands = cands[total <= best[j]]
-    starts = []
-    j = m
-    while j > 0:
-        j = int(prev[j])
-        starts.append(j)
+        i = np.arange(top)[:, None]  # (top, 1) starts
+        cost = _block_costs(sums, top, js, i)
+        for c, j in enumerate(js):
+            lim = int(last[j]) + 1
+            if lim <= 0:
+                continue
+            total = best[:lim] + cost[:lim, c]
+            k = int(np.argmin(total))
+            best[j] = float(total[k]) + penalty
+            prev[j] = k
+    starts: list[int] = []
+    end = m
+    while end > 0:
+        end = int(prev[end])
+        starts.append(end)
     return starts[::-1]
+
+
+def _block_costs(sums: np.ndarray, top: int, js: np.ndarray, i: np.ndarray) -> np.ndarray:
+    """(top, b) RSS of the least-squares line on samples [i, j) for starts i < top and ends j in `js`.
+
+    Pairs with fewer than 2 samples (masked by the caller) give meaningless finite or infinite values.
+    """
+    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+        n = np.maximum(js[None, :] - i, 1).astype(np.float64)
+        st = sums[1, js][None, :] - sums[1, :top, None]
+        sy = sums[3, js][None, :] - sums[3, :top, None]
+        stt_c = sums[2, js][None, :] - sums[2, :top, None] - st * st / n
+        sty_c = sums[4, js][None, :] - sums[4, :top, None] - st * sy / n
+        syy_c = sums[5, js][None, :] - sums[5, :top, None] - sy * sy / n
+        return np.maximum(syy_c - sty_c * sty_c / np.maximum(stt_c, 1e-300), 0.0)
 
 
 def _pieces(
