@@ -690,7 +690,8 @@ class Results:
     Args:
         root: a sweep directory or a directory of sweep directories.
         stale_after_s: a running run whose heartbeat is older than this is failed (`ndt.running.status`).
-        detector: name of the detector whose events are shown (default `ndt.detect.DEFAULT_DETECTOR`).
+        detector: the detector whose events are shown: a name of `ndt.detect.DETECTORS` or a detector
+            object (default `ndt.detect.DEFAULT_DETECTOR`).
         min_interval_s: requests closer together than this share one refresh.
 
     Raises:
@@ -702,7 +703,7 @@ class Results:
         root: str | os.PathLike[str],
         *,
         stale_after_s: float = DEFAULT_STALE_AFTER_S,
-        detector: str | None = None,
+        detector: str | Detector | None = None,
         min_interval_s: float = 0.5,
     ) -> None:
         self.root = Path(root).resolve()
@@ -710,7 +711,7 @@ class Results:
         if not self.root.is_dir():
             raise FileNotFoundError(f"no results folder at {root}: give a sweep directory or results/")
         self.stale_after_s = stale_after_s
-        self.detector = get_detector(detector or DEFAULT_DETECTOR)
+        self.detector = get_detector(DEFAULT_DETECTOR if detector is None else detector)
         self.min_interval_s = min_interval_s
         self.counters = _Counters()
         self.sweeps: dict[str, SweepView] = {}
