@@ -11,11 +11,8 @@ from __future__ import annotations
 import dataclasses
 import http.client
 import json
-import os
+import multiprocessing
 import shutil
-import subprocess
-import sys
-import textwrap
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -32,10 +29,9 @@ from ndt.storage.layout import DONE_MARKER, HEARTBEAT, METRICS_DIR, write_run_js
 from ndt.storage.parquet import MetricsWriter
 from ndt.storage.schema import METRIC_COLUMNS
 from ndt.view.__main__ import main as view_main
-from ndt.view.data import Results, RunRows, _Counters, find_reports, looks_like_sweep, seed_band
+from ndt.view.data import ReadCounters, Results, RunRows, find_reports, looks_like_sweep, seed_band
 from ndt.view.server import RefusedPath, ViewServer, check_request_path, resolve_file
 
-REPO = Path(__file__).resolve().parent.parent
 N_LAYERS = 3
 MAX_STEPS = 200  # planned optimizer steps of every run; one measurement every 5 steps (40 in all)
 EVERY = 5
@@ -139,35 +135,27 @@ def write_sweep(sweep: Path) -> None:
     OmegaConf.save(OmegaConf.create(cfg), sweep / "multirun.yaml")
 
 
-# The run still training: writes its record and heartbeat, then one part of 10 measurements, then one
-# more part of 5 measurements each time the test creates go-<k>; stops when `stop` appears.
-BACKGROUND_WRITER = textwrap.dedent(
-    """
-    import sys, time
-    from pathlib import Path
-    import numpy as np
-    sys.path.insert(0, sys.argv[3])
-    import test_view as t
-    run_dir, control = Path(sys.argv[1]), Path(sys.argv[2])
+def write_in_background(run_dir: Path, control: Path) -> None:
+    """The run still training (run in a forked process): its record and heartbeat, one part of 10
+    measurements, then one more part of 5 measurements each time the test creates ``go-<k>``; it
+    stops when ``stop`` appears."""
     run = run_dir.name
     run_dir.mkdir(parents=True)
-    t.write_run_json(run_dir, t.record(run, "running"))
-    writer = t.MetricsWriter(run_dir / t.METRICS_DIR, flush_every=10_000)
-    writer.append(t.rows(run, t.ALL_STEPS[:10]), measurements=10)
+    write_run_json(run_dir, record(run, "running"))
+    writer = MetricsWriter(run_dir / METRICS_DIR, flush_every=10_000)
+    writer.append(rows(run, ALL_STEPS[:10]), measurements=10)
     writer.flush()
     (control / "ready").touch()
     k = 1
     while not (control / "stop").exists():
-        (run_dir / t.HEARTBEAT).write_text(f"{time.time():.0f}\\n")
+        (run_dir / HEARTBEAT).write_text(f"{time.time():.0f}\n")
         if (control / f"go-{k}").exists():
-            writer.append(t.rows(run, t.ALL_STEPS[5 + 5 * k : 10 + 5 * k]), measurements=5)
+            writer.append(rows(run, ALL_STEPS[5 + 5 * k : 10 + 5 * k]), measurements=5)
             writer.flush()
             (control / f"wrote-{k}").touch()
             k += 1
         time.sleep(0.05)
     writer.close()
-    """
-)
 
 
 class EscapeDetector(JumpDetector):
@@ -196,7 +184,7 @@ def wait_for(path: Path, timeout_s: float = 60.0) -> None:
 def test_run_rows_read_only_new_parts_and_freeze_when_done(tmp_path: Path) -> None:
     run = "mlp_narrow__digits__s0"
     write_rows(tmp_path / run, run, [ALL_STEPS[:4], ALL_STEPS[4:8]])
-    counters = _Counters()
+    counters = ReadCounters()
     store = RunRows(tmp_path / run, counters)
     assert store.refresh(done=False)
     assert (counters.parts_read, store.steps().tolist()) == (2, ALL_STEPS[:8].tolist())
@@ -226,7 +214,7 @@ def test_run_rows_read_only_new_parts_and_freeze_when_done(tmp_path: Path) -> No
 def test_matrix_mean_and_events_have_the_hand_computed_values(tmp_path: Path) -> None:
     run = "mlp_narrow__digits__s0"
     write_rows(tmp_path / run, run, [ALL_STEPS[:10], ALL_STEPS[10:]])
-    store = RunRows(tmp_path / run, _Counters())
+    store = RunRows(tmp_path / run, ReadCounters())
     store.refresh(done=True)
     steps, layers, matrix = store.matrix("stable_rank")
     assert steps.tolist() == ALL_STEPS.tolist()
@@ -347,21 +335,14 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
     control = sweep.parent / "control"
     control.mkdir()
     sweep.mkdir()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    writer = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            BACKGROUND_WRITER,
-            str(sweep / RUNNING),
-            str(control),
-            str(Path(__file__).parent),
-        ],
-        env=env,
+    # Forked: a separate process that writes with the real MetricsWriter, without importing ndt again.
+    writer = multiprocessing.get_context("fork").Process(
+        target=write_in_background, args=(sweep / RUNNING, control), daemon=True
     )
+    writer.start()
     try:
         write_sweep(sweep)
-        wait_for(control / "ready")
+        # Whoever needs the running run waits for control/ready; the browser starts meanwhile.
         results = Results(sweep, detector=EscapeDetector(), min_interval_s=0.1)
         results.refresh(force=True)
         server = ViewServer(results, port=0, refresh_s=0.3).start()
@@ -369,11 +350,10 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
         server.stop()
     finally:
         (control / "stop").touch()
-        try:
-            writer.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            writer.kill()
-            writer.wait()
+        writer.join(timeout=10)
+        if writer.is_alive():
+            writer.terminate()
+            writer.join()
 
 
 def get(url: str) -> tuple[int, bytes]:
@@ -386,6 +366,7 @@ def get(url: str) -> tuple[int, bytes]:
 
 
 def test_server_refuses_traversal_and_writes(served: dict[str, Any]) -> None:
+    wait_for(served["control"] / "ready")
     host, port = served["server"].httpd.server_address[:2]
     for target in ("/files/../../etc/passwd", "/../../etc/passwd", "/files/%2e%2e/%2e%2e/etc/passwd",
                    "/files//etc/passwd", "/files/%2Fetc%2Fpasswd"):  # fmt: skip
@@ -426,6 +407,7 @@ def page(served: dict[str, Any]) -> Iterator[Any]:
         pg = browser.new_page(viewport={"width": 1280, "height": 900})
         errors: list[str] = []
         pg.on("pageerror", lambda err: errors.append(str(err)))
+        wait_for(served["control"] / "ready")
         pg.goto(served["url"])
         pg.wait_for_selector("body[data-ready=grid]")
         yield pg
