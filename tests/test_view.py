@@ -270,6 +270,14 @@ def test_grid_uses_ndt_status_and_finds_the_sweep(tmp_path: Path) -> None:
     assert len(done["spark"]["steps"]) == ALL_STEPS.size and done["events"]
     assert tiles[("transformer_shallow", "digits")]["family"] == "transformer"  # from the registry
     assert looks_like_sweep(sweep) and not looks_like_sweep(tmp_path / "results")
+    view = results.sweep("paper").run_view(MISSING[0], "stable_rank", results.root, sweep)
+    assert (view["state"], view["steps"], view["matrix"], view["record"]) == ("missing", [], [], {})
+    view = results.sweep("paper").run_view(FAILED, "stable_rank", results.root, sweep)
+    assert view["steps"] == ALL_STEPS[:9].tolist() and view["record"]["error"].startswith(FAILED_ERROR)
+    with pytest.raises(KeyError):
+        results.sweep("paper").run_view("nope__digits__s0", "stable_rank", results.root, sweep)
+    with pytest.raises(ValueError, match="unknown metric"):
+        results.sweep("paper").grid("rank")
 
 
 def test_reports_are_linked_and_commands_match_investigate(tmp_path: Path) -> None:
