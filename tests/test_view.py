@@ -8,13 +8,11 @@ the reason, when either is missing; CI installs both).
 
 from __future__ import annotations
 
+import dataclasses
 import http.client
 import json
-import os
+import multiprocessing
 import shutil
-import subprocess
-import sys
-import textwrap
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -25,16 +23,15 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from ndt.detect import get_detector
+from ndt.detect import JumpDetector, JumpEvent, Jumps, get_detector
 from ndt.running.status import sweep_status
 from ndt.storage.layout import DONE_MARKER, HEARTBEAT, METRICS_DIR, write_run_json
 from ndt.storage.parquet import MetricsWriter
 from ndt.storage.schema import METRIC_COLUMNS
 from ndt.view.__main__ import main as view_main
-from ndt.view.data import Results, RunRows, _Counters, find_reports, looks_like_sweep, seed_band
+from ndt.view.data import ReadCounters, Results, RunRows, find_reports, looks_like_sweep, seed_band
 from ndt.view.server import RefusedPath, ViewServer, check_request_path, resolve_file
 
-REPO = Path(__file__).resolve().parent.parent
 N_LAYERS = 3
 MAX_STEPS = 200  # planned optimizer steps of every run; one measurement every 5 steps (40 in all)
 EVERY = 5
@@ -57,7 +54,8 @@ def rows(run: str, steps: np.ndarray) -> dict[str, Any]:
     step = np.repeat(steps, N_LAYERS).astype(np.int64)
     layer = np.tile(np.arange(N_LAYERS), steps.size)
     metrics = {m: np.full(step.size, 2.0) for m in METRIC_COLUMNS}
-    metrics["participation_ratio"], metrics["stable_rank"] = pr(step, layer), sr(step, layer)
+    # The seed shifts participation_ratio by 1 per seed: the band over seeds s0, s1 is [pr, pr + 1].
+    metrics["participation_ratio"], metrics["stable_rank"] = pr(step, layer) + int(seed[1:]), sr(step, layer)
     return {
         "run_id": run,
         "arch": arch,
@@ -99,7 +97,11 @@ def record(run: str, status: str, **extra: Any) -> dict[str, Any]:
 
 
 ALL_STEPS = np.arange(0, MAX_STEPS, EVERY)
-DONE = ("cnn_shallow__digits__s0", "mlp_narrow__digits__s0")
+DONE = (
+    "cnn_shallow__digits__s0",
+    "mlp_narrow__digits__s0",
+    "mlp_narrow__digits__s1",
+)  # s1: not in multirun.yaml
 FAILED = "cnn_shallow__mnist__s0"
 RUNNING = "mlp_narrow__mnist__s0"
 MISSING = ("transformer_shallow__digits__s0", "transformer_shallow__mnist__s0")
@@ -107,7 +109,7 @@ FAILED_ERROR = "FloatingPointError: loss is nan at step 40"
 
 
 def write_sweep(sweep: Path) -> None:
-    """Two done runs, one failed, and the multirun.yaml that also expects the running and two missing runs."""
+    """Three done runs, one failed, and the multirun.yaml that also expects the running and two missing runs."""
     for run in DONE:
         write_rows(sweep / run, run, [ALL_STEPS[:20], ALL_STEPS[20:]])
         write_run_json(sweep / run, record(run, "complete", final_accuracy=0.9, family=None))
@@ -133,35 +135,39 @@ def write_sweep(sweep: Path) -> None:
     OmegaConf.save(OmegaConf.create(cfg), sweep / "multirun.yaml")
 
 
-# The run still training: writes its record and heartbeat, then one part of 10 measurements, then one
-# more part of 5 measurements each time the test creates go-<k>; stops when `stop` appears.
-BACKGROUND_WRITER = textwrap.dedent(
-    """
-    import sys, time
-    from pathlib import Path
-    import numpy as np
-    sys.path.insert(0, sys.argv[3])
-    import test_view as t
-    run_dir, control = Path(sys.argv[1]), Path(sys.argv[2])
+def write_in_background(run_dir: Path, control: Path) -> None:
+    """The run still training (run in a forked process): its record and heartbeat, one part of 10
+    measurements, then one more part of 5 measurements each time the test creates ``go-<k>``; it
+    stops when ``stop`` appears."""
     run = run_dir.name
     run_dir.mkdir(parents=True)
-    t.write_run_json(run_dir, t.record(run, "running"))
-    writer = t.MetricsWriter(run_dir / t.METRICS_DIR, flush_every=10_000)
-    writer.append(t.rows(run, t.ALL_STEPS[:10]), measurements=10)
+    write_run_json(run_dir, record(run, "running"))
+    writer = MetricsWriter(run_dir / METRICS_DIR, flush_every=10_000)
+    writer.append(rows(run, ALL_STEPS[:10]), measurements=10)
     writer.flush()
     (control / "ready").touch()
     k = 1
     while not (control / "stop").exists():
-        (run_dir / t.HEARTBEAT).write_text(f"{time.time():.0f}\\n")
+        (run_dir / HEARTBEAT).write_text(f"{time.time():.0f}\n")
         if (control / f"go-{k}").exists():
-            writer.append(t.rows(run, t.ALL_STEPS[5 + 5 * k : 10 + 5 * k]), measurements=5)
+            writer.append(rows(run, ALL_STEPS[5 + 5 * k : 10 + 5 * k]), measurements=5)
             writer.flush()
             (control / f"wrote-{k}").touch()
             k += 1
         time.sleep(0.05)
     writer.close()
-    """
-)
+
+
+class EscapeDetector(JumpDetector):
+    """The study's detector, which also calls the first three samples the escape from initialisation."""
+
+    def detect(self, values: Any, steps: Any = None) -> Jumps:
+        jumps = super().detect(values, steps)
+        s = np.asarray(steps)
+        if s.size < 3:
+            return jumps
+        escape = JumpEvent(0, 2, int(s[0]), int(s[2]), 1, int(s[1]), 0.0, 0.0, 3, 0.0, "init_escape")
+        return dataclasses.replace(jumps, init_escape=(escape,))
 
 
 def wait_for(path: Path, timeout_s: float = 60.0) -> None:
@@ -178,7 +184,7 @@ def wait_for(path: Path, timeout_s: float = 60.0) -> None:
 def test_run_rows_read_only_new_parts_and_freeze_when_done(tmp_path: Path) -> None:
     run = "mlp_narrow__digits__s0"
     write_rows(tmp_path / run, run, [ALL_STEPS[:4], ALL_STEPS[4:8]])
-    counters = _Counters()
+    counters = ReadCounters()
     store = RunRows(tmp_path / run, counters)
     assert store.refresh(done=False)
     assert (counters.parts_read, store.steps().tolist()) == (2, ALL_STEPS[:8].tolist())
@@ -208,7 +214,7 @@ def test_run_rows_read_only_new_parts_and_freeze_when_done(tmp_path: Path) -> No
 def test_matrix_mean_and_events_have_the_hand_computed_values(tmp_path: Path) -> None:
     run = "mlp_narrow__digits__s0"
     write_rows(tmp_path / run, run, [ALL_STEPS[:10], ALL_STEPS[10:]])
-    store = RunRows(tmp_path / run, _Counters())
+    store = RunRows(tmp_path / run, ReadCounters())
     store.refresh(done=True)
     steps, layers, matrix = store.matrix("stable_rank")
     assert steps.tolist() == ALL_STEPS.tolist()
@@ -255,6 +261,7 @@ def test_grid_uses_ndt_status_and_finds_the_sweep(tmp_path: Path) -> None:
     }
     tiles = {(t["arch"], t["dataset"]): t for t in grid["tiles"]}
     assert len(tiles) == 6 and grid["expected"] == 6
+    assert [r["seed"] for r in tiles[("mlp_narrow", "digits")]["runs"]] == [0, 1]  # one tile, two seeds
     failed = tiles[("cnn_shallow", "mnist")]["runs"][0]
     assert failed["reason"] == FAILED_ERROR  # the first line of run.json's error
     assert failed["measurements"] == 9 and failed["progress"] == pytest.approx((40 + 1) / MAX_STEPS)
@@ -263,6 +270,14 @@ def test_grid_uses_ndt_status_and_finds_the_sweep(tmp_path: Path) -> None:
     assert len(done["spark"]["steps"]) == ALL_STEPS.size and done["events"]
     assert tiles[("transformer_shallow", "digits")]["family"] == "transformer"  # from the registry
     assert looks_like_sweep(sweep) and not looks_like_sweep(tmp_path / "results")
+    view = results.sweep("paper").run_view(MISSING[0], "stable_rank", results.root, sweep)
+    assert (view["state"], view["steps"], view["matrix"], view["record"]) == ("missing", [], [], {})
+    view = results.sweep("paper").run_view(FAILED, "stable_rank", results.root, sweep)
+    assert view["steps"] == ALL_STEPS[:9].tolist() and view["record"]["error"].startswith(FAILED_ERROR)
+    with pytest.raises(KeyError):
+        results.sweep("paper").run_view("nope__digits__s0", "stable_rank", results.root, sweep)
+    with pytest.raises(ValueError, match="unknown metric"):
+        results.sweep("paper").grid("rank")
 
 
 def test_reports_are_linked_and_commands_match_investigate(tmp_path: Path) -> None:
@@ -328,33 +343,25 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
     control = sweep.parent / "control"
     control.mkdir()
     sweep.mkdir()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    writer = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            BACKGROUND_WRITER,
-            str(sweep / RUNNING),
-            str(control),
-            str(Path(__file__).parent),
-        ],
-        env=env,
+    # Forked: a separate process that writes with the real MetricsWriter, without importing ndt again.
+    writer = multiprocessing.get_context("fork").Process(
+        target=write_in_background, args=(sweep / RUNNING, control), daemon=True
     )
+    writer.start()
     try:
         write_sweep(sweep)
-        wait_for(control / "ready")
-        results = Results(sweep, min_interval_s=0.1)
+        # Whoever needs the running run waits for control/ready; the browser starts meanwhile.
+        results = Results(sweep, detector=EscapeDetector(), min_interval_s=0.1)
         results.refresh(force=True)
         server = ViewServer(results, port=0, refresh_s=0.3).start()
         yield {"sweep": sweep, "control": control, "server": server, "url": server.url}
         server.stop()
     finally:
         (control / "stop").touch()
-        try:
-            writer.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            writer.kill()
-            writer.wait()
+        writer.join(timeout=10)
+        if writer.is_alive():
+            writer.terminate()
+            writer.join()
 
 
 def get(url: str) -> tuple[int, bytes]:
@@ -367,6 +374,7 @@ def get(url: str) -> tuple[int, bytes]:
 
 
 def test_server_refuses_traversal_and_writes(served: dict[str, Any]) -> None:
+    wait_for(served["control"] / "ready")
     host, port = served["server"].httpd.server_address[:2]
     for target in ("/files/../../etc/passwd", "/../../etc/passwd", "/files/%2e%2e/%2e%2e/etc/passwd",
                    "/files//etc/passwd", "/files/%2Fetc%2Fpasswd"):  # fmt: skip
@@ -407,6 +415,7 @@ def page(served: dict[str, Any]) -> Iterator[Any]:
         pg = browser.new_page(viewport={"width": 1280, "height": 900})
         errors: list[str] = []
         pg.on("pageerror", lambda err: errors.append(str(err)))
+        wait_for(served["control"] / "ready")
         pg.goto(served["url"])
         pg.wait_for_selector("body[data-ready=grid]")
         yield pg
@@ -433,11 +442,17 @@ def test_grid_shows_every_pair_with_its_status(page: Any) -> None:
     assert {(a, d): s for a, d, s in found} == expected
     assert FAILED_ERROR in tile(page, "cnn_shallow", "mnist").inner_text()
     assert tile(page, "mlp_narrow", "digits").locator("svg.spark line.event").count() >= 1  # its jump
+    seeds = tile(page, "mlp_narrow", "digits").locator("a.seed")
+    assert seeds.evaluate_all("els => els.map(e => [e.dataset.run, e.dataset.state])") == [
+        ["mlp_narrow__digits__s0", "done"],
+        ["mlp_narrow__digits__s1", "done"],
+    ]
+    assert tile(page, "mlp_narrow", "digits").locator("svg.spark rect.escape").count() == 2  # one per seed
     counts = page.eval_on_selector_all(
         "#counts .count", "els => els.map(e => [e.dataset.state, e.innerText])"
     )
     assert dict((s, t.split()[0]) for s, t in counts) == {
-        "done": "2",
+        "done": "3",
         "running": "1",
         "failed": "1",
         "missing": "2",
@@ -466,6 +481,16 @@ def test_a_new_part_appears_without_a_reload(page: Any, served: dict[str, Any]) 
     assert after["parts_read"] - before["parts_read"] == 1  # only the new part was read
     assert after["full_rereads"] == before["full_rereads"]
 
+    # The run view of the same run follows too: its heatmap grows by the next part's 5 steps.
+    page.click(f".tile a.seed[data-run='{RUNNING}']")
+    page.wait_for_selector("#heatmap[data-metric=participation_ratio]", timeout=15_000)
+    assert page.evaluate("document.getElementById('heatmap').data[0].x.length") == 15
+    (served["control"] / "go-2").touch()
+    page.wait_for_function("document.getElementById('heatmap').data[0].x.length === 20", timeout=10_000)
+    assert page.evaluate("window.__sameDocument") is True
+    page.goto(served["url"])
+    page.wait_for_selector("body[data-ready=grid]")
+
 
 def test_choosing_a_metric_redraws_the_heatmap(page: Any, served: dict[str, Any]) -> None:
     page.click(".tile[data-arch='mlp_narrow'][data-dataset='digits']")
@@ -477,6 +502,9 @@ def test_choosing_a_metric_redraws_the_heatmap(page: Any, served: dict[str, Any]
         .inner_text()
         .endswith("jump=1 metric=participation_ratio detector=study")
     )
+    shapes = page.evaluate("document.getElementById('lines').layout.shapes")
+    escape = [sh for sh in shapes if sh["type"] == "rect" and "120,120,120" in sh["fillcolor"]]
+    assert [(sh["x0"], sh["x1"]) for sh in escape] == [(0, 10)]  # the first three measurements, shaded
     page.select_option("#metric", "stable_rank")
     page.wait_for_selector("#heatmap[data-metric=stable_rank]", timeout=10_000)
     z = page.evaluate("document.getElementById('heatmap').data[0].z")
@@ -508,8 +536,20 @@ def test_compare_overlays_runs(page: Any, served: dict[str, Any]) -> None:
     page.goto(served["url"] + f"#/compare/paper?runs={DONE[0]},{DONE[1]},{FAILED}&metric=stable_rank")
     page.wait_for_selector("body[data-ready=compare]", timeout=15_000)
     names = page.evaluate("document.getElementById('compare-chart').data.map(t => t.name)")
-    assert names == list((*DONE, FAILED))
+    assert names == [DONE[0], DONE[1], FAILED]
     y = page.evaluate("document.getElementById('compare-chart').data[0].y")
     np.testing.assert_allclose(y, [1.0 + 1.0 + s / 1000 for s in ALL_STEPS])  # mean of layers 0, 1, 2
+    page.goto(served["url"] + f"#/compare/paper?runs={DONE[1]},{DONE[2]}&metric=participation_ratio&band=1")
+    page.wait_for_function(
+        "document.getElementById('compare-chart')?.data?.some(t => (t.name || '').includes('mean of 2 seeds'))"
+    )
+    traces = page.evaluate("document.getElementById('compare-chart').data.map(t => [t.name ?? '', t.y])")
+    mean = 20.0 + 5.0 * (ALL_STEPS >= JUMP_AT)  # seed 0's layer mean; seed 1's is 1 higher
+    (high,) = [y for name, y in traces if name == ""]
+    (low,) = [y for name, y in traces if "min–max" in name]
+    (centre,) = [y for name, y in traces if "mean of 2 seeds" in name]
+    np.testing.assert_allclose(low, mean)
+    np.testing.assert_allclose(high, mean + 1)
+    np.testing.assert_allclose(centre, mean + 0.5)
     page.goto(served["url"])
     page.wait_for_selector("body[data-ready=grid]")

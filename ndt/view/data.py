@@ -144,14 +144,17 @@ def detect_events(
     """
     if steps.size < 3:
         return [], []
-    jumps = detector.detect(values, steps)
+    try:
+        jumps = detector.detect(values, steps)
+    except ValueError:  # a detector that refuses this series: the run is still shown, without events
+        return [], []
     events = [event_dict(e, rank) for rank, e in enumerate(rank_events(jumps), start=1)]
     events.sort(key=lambda e: e["start_step"])
     return events, [event_dict(e) for e in jumps.init_escape]
 
 
 @dataclass
-class _Counters:
+class ReadCounters:
     """How much reading the caches did (the page's live updates are tested against these)."""
 
     parts_read: int = 0  # part files read
@@ -175,7 +178,7 @@ class RunRows:
         counters: shared reading counters.
     """
 
-    def __init__(self, run_dir: Path, counters: _Counters) -> None:
+    def __init__(self, run_dir: Path, counters: ReadCounters) -> None:
         self.run_dir = run_dir
         self.counters = counters
         self.frozen = False  # the run was done at the last refresh: its parts are final
@@ -328,7 +331,7 @@ class SweepView:
         self,
         sweep_dir: Path,
         name: str,
-        counters: _Counters,
+        counters: ReadCounters,
         detector: Detector,
         stale_after_s: float = DEFAULT_STALE_AFTER_S,
     ) -> None:
@@ -690,7 +693,8 @@ class Results:
     Args:
         root: a sweep directory or a directory of sweep directories.
         stale_after_s: a running run whose heartbeat is older than this is failed (`ndt.running.status`).
-        detector: name of the detector whose events are shown (default `ndt.detect.DEFAULT_DETECTOR`).
+        detector: the detector whose events are shown: a name of `ndt.detect.DETECTORS` or a detector
+            object (default `ndt.detect.DEFAULT_DETECTOR`).
         min_interval_s: requests closer together than this share one refresh.
 
     Raises:
@@ -702,7 +706,7 @@ class Results:
         root: str | os.PathLike[str],
         *,
         stale_after_s: float = DEFAULT_STALE_AFTER_S,
-        detector: str | None = None,
+        detector: str | Detector | None = None,
         min_interval_s: float = 0.5,
     ) -> None:
         self.root = Path(root).resolve()
@@ -710,13 +714,14 @@ class Results:
         if not self.root.is_dir():
             raise FileNotFoundError(f"no results folder at {root}: give a sweep directory or results/")
         self.stale_after_s = stale_after_s
-        self.detector = get_detector(detector or DEFAULT_DETECTOR)
+        self.detector = get_detector(DEFAULT_DETECTOR if detector is None else detector)
         self.min_interval_s = min_interval_s
-        self.counters = _Counters()
+        self.counters = ReadCounters()
         self.sweeps: dict[str, SweepView] = {}
         self.single = False  # the root is itself a sweep
         self._lock = threading.RLock()
-        self._last_refresh = -math.inf
+        self._last_discovery = -math.inf
+        self._last_refresh: dict[str, float] = {}
 
     def _discover(self) -> None:
         if looks_like_sweep(self.root):
@@ -735,15 +740,23 @@ class Results:
             if name not in self.sweeps:
                 self.sweeps[name] = SweepView(path, name, self.counters, self.detector, self.stale_after_s)
 
-    def refresh(self, force: bool = False) -> None:
-        """Find the sweeps and refresh each (skipped when the last refresh is younger than min_interval_s)."""
+    def refresh(self, force: bool = False, only: str | None = None) -> None:
+        """Find the sweeps, then refresh each (or only the sweep `only`, the one a page is showing).
+
+        What was refreshed less than `min_interval_s` ago is left as it is unless `force`: several pages
+        polling together share one refresh.
+        """
         with self._lock:
-            if not force and time.monotonic() - self._last_refresh < self.min_interval_s:
-                return
-            self._discover()
-            for sweep in self.sweeps.values():
-                sweep.refresh()
-            self._last_refresh = time.monotonic()
+            now = time.monotonic()
+            if force or now - self._last_discovery >= self.min_interval_s:
+                self._discover()
+                self._last_discovery = now
+            for name, sweep in self.sweeps.items():
+                if only is not None and name != only:
+                    continue
+                if force or now - self._last_refresh.get(name, -math.inf) >= self.min_interval_s:
+                    sweep.refresh()
+                    self._last_refresh[name] = time.monotonic()
 
     def sweep(self, name: str) -> SweepView:
         """The sweep called `name`.

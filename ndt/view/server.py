@@ -191,9 +191,10 @@ class ViewServer:
         results = self.results
         if route == "stats":
             return vars(results.counters).copy()
-        results.refresh()
         if route == "index":
+            results.refresh()
             return {**results.index(), "refresh_s": self.refresh_s}
+        results.refresh(only=query.get("sweep", ""))
         sweep = results.sweep(query.get("sweep", ""))
         metric = query.get("metric") or DEFAULT_METRIC
         version = query.get("v")

@@ -14,6 +14,7 @@ const S = {
   filters: { family: "", dataset: "", state: "", text: "" },
   timer: null,
   busy: false,
+  gen: 0,             // incremented at each navigation: answers to requests made before it are dropped
   lastUpdate: null,
 };
 window.ndtView = S;  // for the tests and the curious
@@ -201,7 +202,9 @@ function renderGrid(data) {
 async function updateGrid(force) {
   const metric = S.index.default_metric;
   const v = force || S.view !== "grid" ? "" : `&v=${S.version}`;
+  const gen = S.gen;
   const data = await getJSON(`/api/sweep?sweep=${encodeURIComponent(S.sweep)}&metric=${metric}${v}`);
+  if (gen !== S.gen) return;
   if (data.unchanged) { markLive(); return; }
   S.version = data.version;
   renderGrid(data);
@@ -243,8 +246,9 @@ function spansDecades(values) {
   return v.length > 1 && Math.max(...v) / Math.min(...v) > 20;
 }
 
-async function drawRun(run) {
+async function drawRun(run, gen = S.gen) {
   const Plotly = await loadPlotly();
+  if (gen !== S.gen) return;
   const normalize = document.getElementById("normalize").checked;
   const base = { margin: { l: 110, r: 20, t: 34, b: 40 }, uirevision: run.name, font: { size: 11 } };
   const heat = document.getElementById("heatmap");
@@ -347,21 +351,25 @@ async function updateRun(force) {
   const name = S.runName;
   const metric = S.params.get("metric") || S.index.default_metric;
   const v = force ? "" : `&v=${encodeURIComponent(S.version)}`;
+  const gen = S.gen;
   const run = await getJSON(`/api/run?sweep=${encodeURIComponent(S.sweep)}&run=${encodeURIComponent(name)}&metric=${metric}${v}`);
+  if (gen !== S.gen) return;
   if (run.unchanged) { markLive(); return; }
   if (force || !document.getElementById("heatmap")) renderRunFrame(run);
   S.run = run;
   S.version = run.version;
   renderRunText(run);
   markLive();
-  if (run.steps.length) await drawRun(run);
+  if (run.steps.length) await drawRun(run, gen);
   else document.body.dataset.ready = "run";
 }
 
 // ---- compare -------------------------------------------------------------------------------------
 
 async function renderCompare(force) {
+  const gen = S.gen;
   const grid = await getJSON(`/api/sweep?sweep=${encodeURIComponent(S.sweep)}&metric=${S.index.default_metric}`);
+  if (gen !== S.gen) return;
   S.grid = grid;
   renderCounts(grid.counts);
   const runs = grid.tiles.flatMap((t) => t.runs).filter((r) => r.state !== "missing");
@@ -401,10 +409,12 @@ async function renderCompare(force) {
     };
   }
   const data = await getJSON(`/api/compare?sweep=${encodeURIComponent(S.sweep)}&runs=${chosen.map(encodeURIComponent).join(",")}&metric=${metric}&layer=${layer}&band=${band ? 1 : 0}`);
+  if (gen !== S.gen) return;
   const nLayers = Math.max(0, ...data.series.map((s) => s.layers.length));
   const layerNames = data.series.find((s) => s.layers.length === nLayers)?.layers || [];
   document.getElementById("c-layer").innerHTML = `<option value="mean">layer mean</option>` + layerNames.map((name, i) => `<option value="${i}"${String(i) === layer ? " selected" : ""}>${i}: ${esc(name)}</option>`).join("");
   const Plotly = await loadPlotly();
+  if (gen !== S.gen) return;
   const traces = [];
   const banded = new Set(data.bands.flatMap((b) => b.runs));
   data.bands.forEach((b, i) => {
@@ -430,6 +440,7 @@ async function renderCompare(force) {
 async function route() {
   const { parts, params } = parseHash();
   const [view = "grid", sweep, run] = parts;
+  S.gen += 1;
   S.params = params;
   S.sweep = S.index.sweeps.some((s) => s.name === sweep) ? sweep : (S.index.sweeps[0] || {}).name;
   if (!S.sweep) { document.getElementById("app").innerHTML = `<p>No sweep under ${esc(S.index.root)} yet: the page will show it when runs start.</p>`; S.view = null; return; }
