@@ -11,7 +11,6 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
@@ -65,13 +64,7 @@ class OverheadRow:
 
 
 def _train(
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    batch: int,
-    steps: int,
-    tracked: bool,
-    **tracker_kwargs: Any,
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int, steps: int, tracked: bool
 ) -> float:
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     n = x.shape[0]
@@ -79,11 +72,7 @@ def _train(
     with tempfile.TemporaryDirectory() as tmp:
         sync()
         t0 = time.perf_counter()
-        tracker = (
-            HighFrequencyTracker(model, SAMPLING_FREQUENCY, writer=f"{tmp}/m", **tracker_kwargs)
-            if tracked
-            else None
-        )
+        tracker = HighFrequencyTracker(model, SAMPLING_FREQUENCY, writer=f"{tmp}/m") if tracked else None
         for step in range(steps):
             lo = (step * batch) % (n - batch)
             loss = nn.functional.cross_entropy(model(x[lo : lo + batch]), y[lo : lo + batch])
