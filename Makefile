@@ -5,6 +5,7 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY ?= $(VENV)/bin/python
 SWEEP ?= results/paper
+PORT ?= 8050
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -12,7 +13,7 @@ help: ## list the targets
 $(VENV)/.installed: pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
-	$(PY) -m pip install -c constraints.txt -e ".[dev]"
+	$(PY) -m pip install -c constraints.txt -e ".[dev,view]"
 	touch $@
 
 install: $(VENV)/.installed ## create .venv and install ndt (torch/torchvision pinned by constraints.txt)
@@ -42,7 +43,7 @@ format: install ## format the code with ruff
 	$(PY) -m ruff format ndt tests
 	$(PY) -m ruff check --fix ndt tests
 
-bench: install ## print the benchmarks measured in one run (kernel, overhead, runs, aggregation)
+bench: install ## print the benchmarks measured in one run (kernel, overhead, runs, aggregation, view in Chromium)
 	$(PY) -m ndt.bench
 
 tables: install ## regenerate the appendix tables of SWEEP (default results/paper) into SWEEP/tables
@@ -50,6 +51,9 @@ tables: install ## regenerate the appendix tables of SWEEP (default results/pape
 
 status: install ## counts of done / running / failed / missing runs of SWEEP (default results/paper), failed ones with their error
 	$(PY) -m ndt.status $(SWEEP)
+
+view: install ## a live web page over SWEEP (default results/paper; results/ for every sweep) on localhost, port PORT (8050)
+	$(PY) -m ndt.view $(SWEEP) --port $(PORT)
 
 investigate: install ## report on the largest jump of RUN (a run directory)
 	$(PY) -m ndt.investigate $(RUN)
@@ -64,4 +68,4 @@ clean: ## remove caches and build files (keeps results/ and .venv)
 	rm -rf .pytest_cache .mypy_cache .ruff_cache build dist *.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
-.PHONY: help install run smoke sweep test test-fast lint format bench tables status investigate import-legacy validate-detector clean
+.PHONY: help install run smoke sweep test test-fast lint format bench tables status view investigate import-legacy validate-detector clean

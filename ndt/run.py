@@ -17,16 +17,23 @@ register_configs()
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> None:
-    """Run the experiment `cfg` describes; a failed single run exits with status 1."""
+    """Run the experiment `cfg` describes.
+
+    Exit status of a single run: 1 failed (recorded in run.json), 2 a bad config value or a directory
+    holding another experiment, 3 another process runs that directory. In a sweep these are logged and
+    the other runs go on.
+    """
     from ndt.running.train import RunConflictError, run_dir_for, run_experiment  # heavy: after CLI parsing
+    from ndt.running.validation import ConfigError
+    from ndt.storage.lock import RunLockedError
 
     single = HydraConfig.get().mode == RunMode.RUN
     try:
         record = run_experiment(cfg)
-    except RunConflictError as e:
+    except (ConfigError, RunConflictError, RunLockedError) as e:
         logging.getLogger("ndt.run").error("%s", e)
         if single:
-            sys.exit(2)
+            sys.exit(3 if isinstance(e, RunLockedError) else 2)
         return  # the other runs of the sweep go on
     print(f"{record['status']}: {run_dir_for(cfg).resolve()}", flush=True)
     if record["status"] == "failed" and single:

@@ -81,18 +81,55 @@ def test_summary_of_a_noiseless_logistic() -> None:
 
 
 def test_bootstrap_ci_by_hand() -> None:
-    assert build.bootstrap_ci([4.0, 4.0, 4.0]) == (4.0, 4.0)
-    assert all(math.isnan(v) for v in build.bootstrap_ci([1.0]))
-    assert all(math.isnan(v) for v in build.bootstrap_ci([1.0, np.nan]))  # one finite value
-    # Two values: resample means are 0, 0.5, 1 with probabilities 1/4, 1/2, 1/4, so the 2.5th and
-    # 97.5th percentiles are the extremes.
-    assert build.bootstrap_ci([0.0, 1.0]) == (0.0, 1.0)
-    # Three values: each extreme has probability 1/27 = 3.7% > 2.5% of being every draw.
-    assert build.bootstrap_ci([3.0, 0.0, 7.0], random_state=5) == (0.0, 7.0)
+    assert build.bootstrap_ci([4.0] * 5) == (4.0, 4.0)
+    # Fewer than 5 units: no interval (a 2-value bootstrap gives [min, max], about 50% coverage).
+    for few in ([1.0], [1.0, np.nan], [0.0, 1.0], [3.0, 0.0, 7.0], [1.0, 2.0, 3.0, np.nan, 4.0]):
+        assert all(math.isnan(v) for v in build.bootstrap_ci(few))
+    # Allowed down to 2: resample means 0, 0.5, 1; expanded to t_1 the tails are ~0, so [min, max].
+    assert build.bootstrap_ci([0.0, 1.0], min_units=2) == (0.0, 1.0)
     a = build.bootstrap_ci(np.arange(20.0), random_state=1)
     assert a == build.bootstrap_ci(np.arange(20.0), random_state=1)
-    # mean 9.5, SD 5.77, SE 5.77 / sqrt(20) = 1.29: about 9.5 -/+ 1.96 SE = (6.97, 12.03)
-    assert a[0] == pytest.approx(6.97, abs=0.4) and a[1] == pytest.approx(12.03, abs=0.4)
+    # mean 9.5, SD 5.92, SE 1.32; t_19 = 2.093 x sqrt(20/19): about 9.5 -/+ 2.83 = (6.67, 12.33)
+    assert a[0] == pytest.approx(6.67, abs=0.4) and a[1] == pytest.approx(12.33, abs=0.4)
+
+
+def test_expanded_tail_by_hand() -> None:
+    # k = 5: t_4(0.975) = 2.7764, x sqrt(5/4) = 3.1041, normal tail 0.000954
+    assert build.expanded_tail(5) == pytest.approx(0.000954, abs=2e-6)
+    # k = 20: t_19(0.975) = 2.0930, x sqrt(20/19) = 2.1474, normal tail 0.01588
+    assert build.expanded_tail(20) == pytest.approx(0.01588, abs=2e-5)
+    assert build.expanded_tail(100_000) == pytest.approx(0.025, abs=1e-4)  # the plain percentile
+
+
+def test_cluster_bootstrap_resamples_pairs_by_hand() -> None:
+    # Pair A: four runs of 10; pairs B-E: one run of 0 each. Pooled mean 40 / 8 = 5.
+    values = [10.0] * 4 + [0.0] * 4
+    pairs = ["A"] * 4 + ["B", "C", "D", "E"]
+    # 5 clusters, tails at 0.0954%. No A among 5 draws: (4/5)^5 = 33% -> low = 0. Every draw A:
+    # (1/5)^5 = 0.03% < 0.0954%, but >= 4 A: 0.67% -> high = (4 x 4 x 10) / (4 x 4 + 1) = 160/17.
+    assert build.bootstrap_ci(values, clusters=pairs) == (0.0, pytest.approx(160 / 17))
+    # Run by run (8 units, tails 0.574%) an all-zero resample has (1/2)^8 = 0.39%: low is above 0.
+    assert build.bootstrap_ci(values)[0] > 0.0
+    with pytest.raises(ValueError, match="one label per value"):
+        build.bootstrap_ci(values, clusters=pairs[:3])
+
+
+@pytest.mark.slow
+def test_interval_covers_the_true_mean_95_percent_of_the_time() -> None:
+    # 2,000 simulated sweeps of 20 (arch, dataset) pairs x 3 seeds; jump counts are Poisson around a
+    # pair's mean, pair means Gamma(4, 0.5) around the true family mean 2.
+    rng = np.random.default_rng(2024)
+    n_sweeps, n_pairs, seeds, true_mean = 2000, 20, 3, 2.0
+    pairs = np.repeat(np.arange(n_pairs), seeds)
+    covered = {"clustered": 0, "runs": 0}
+    for i in range(n_sweeps):
+        counts = rng.poisson(np.repeat(rng.gamma(4.0, 0.5, size=n_pairs), seeds)).astype(np.float64)
+        for name, clusters in (("clustered", pairs), ("runs", None)):
+            low, high = build.bootstrap_ci(counts, clusters=clusters, n_resamples=2000, random_state=i)
+            covered[name] += low <= true_mean <= high
+    assert 0.93 <= covered["clustered"] / n_sweeps <= 0.97
+    # Resampling runs as if independent ignores the pair effect: the interval is too narrow.
+    assert covered["runs"] / n_sweeps < 0.90
 
 
 def per_run_frame(rows: list[dict[str, object]]) -> pd.DataFrame:
@@ -161,9 +198,10 @@ def test_family_table_by_hand() -> None:
     assert fam.loc["transformer", "pct_runs_with_robust"] == 0.0
     assert fam.loc["all", "runs"] == 4 and fam.loc["all", "jumps_mean"] == pytest.approx(11 / 4)
     assert fam.loc["all", "pct_runs_with_jumps"] == 75.0
-    # mlp_a/d has two seeds: intervals appear beside the means
+    # mlp_a/d has two seeds: interval columns appear beside the means, but every row here has fewer
+    # than 5 (arch, dataset) pairs, so none has an interval
     assert {"jumps_mean_ci_low", "jumps_mean_ci_high"} <= set(fam.columns)
-    assert (fam.loc["mlp", "jumps_mean_ci_low"], fam.loc["mlp", "jumps_mean_ci_high"]) == (0.0, 4.0)
+    assert fam["jumps_mean_ci_low"].isna().all() and fam["jumps_mean_ci_high"].isna().all()
 
 
 def test_single_seed_tables_have_no_intervals() -> None:
@@ -273,7 +311,11 @@ def test_fixture_numbers_by_hand(fixture_tables: Path) -> None:
     }
     a3 = pd.read_csv(fixture_tables / "A3_targets.csv").set_index("arch")
     assert a3.loc["mlp_narrow", "runs"] == 3 and a3.loc["mlp_narrow", "jumps"] == 2  # (3 + 3 + 0) / 3
-    assert (a3.loc["mlp_narrow", "jumps_ci_low"], a3.loc["mlp_narrow", "jumps_ci_high"]) == (0, 3)
+    assert np.isnan(a3.loc["mlp_narrow", "jumps_ci_low"])  # 3 seeds: too few for an interval
+    a2 = pd.read_csv(fixture_tables / "A2_jumps_by_family.csv").set_index("family")
+    # "all": 5 pairs (jump means 0, 3, 2, 3, 0); tails 0.0954% reach the extremes of the pair means
+    assert (a2.loc["all", "jumps_mean_ci_low"], a2.loc["all", "jumps_mean_ci_high"]) == (0, 3)
+    assert np.isnan(a2.loc["mlp", "jumps_mean_ci_low"])  # one pair
     assert a3.loc["mlp_narrow", "final_accuracy"] == pytest.approx(0.95)
 
 

@@ -76,3 +76,49 @@ def test_paper_sweep_is_the_studys_grid(compose_cfg: Callable[..., DictConfig]) 
     compatible = [(a, d) for a, d in pairs if not (a.startswith("cnn") and d == "ag_news")]
     assert len(pairs) == 60 and len(compatible) == 57  # 8x4 MLP + 3x3 CNN + 4x4 transformer
     assert cfg.sweep_name == "paper" and str(cfg.hydra.mode) == "RunMode.MULTIRUN"
+
+
+# The study's measurement choices, written out here (not read from conf/protocol/study.yaml): spatial
+# mean of conv outputs, PAD averaged in, pre-activation outputs, the study's detector.
+STUDY_CHOICES = {"conv_reduction": "spatial_mean", "mask_padding": False, "hook_point": "pre"}
+
+
+def test_paper_sweep_runs_the_study_protocol_and_the_default_is_corrected(
+    compose_cfg: Callable[..., DictConfig],
+) -> None:
+    paper = compose_cfg("+sweep=paper")
+    assert (paper.protocol.name, paper.protocol.detector) == ("study", "study")
+    assert {k: paper.tracker[k] for k in STUDY_CHOICES} == STUDY_CHOICES
+    single = compose_cfg()
+    assert single.protocol.name == "corrected" and single.protocol.detector is None
+    assert (single.tracker.conv_reduction, single.tracker.mask_padding) == ("positions", True)
+    # protocol=study on a single run gives exactly the paper sweep's tracker settings
+    assert compose_cfg("protocol=study").tracker == paper.tracker
+
+
+def test_corrected_sweep_is_the_grid_with_five_seeds(compose_cfg: Callable[..., DictConfig]) -> None:
+    cfg = compose_cfg("+sweep=corrected", return_hydra_config=True)
+    params = cfg.hydra.sweeper.params
+    assert sorted(params.arch.split(",")) == sorted(ARCH_NAMES)
+    assert params.seed == "0,1,2,3,4" and cfg.protocol.name == "corrected"
+    assert cfg.sweep_name == "corrected"
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("tracker.conv_reduction=mean", "tracker.conv_reduction"),
+        ("tracker.hook_point=after", "tracker.hook_point"),
+        ("tracker.max_rows=0", "tracker.max_rows"),
+        ("protocol.name=mine", "protocol.name"),
+        ("protocol.detector=zscore", "protocol.detector"),
+    ],
+)
+def test_measurement_and_protocol_values_are_checked(
+    compose_cfg: Callable[..., DictConfig], override: str, key: str
+) -> None:
+    from ndt.running.validation import check_config
+
+    assert check_config(compose_cfg()) == []
+    problems = check_config(compose_cfg(override))
+    assert len(problems) == 1 and problems[0].startswith(f"{key}=")

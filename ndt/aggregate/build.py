@@ -4,9 +4,25 @@ Every builder takes the per-run frame (one row per run, `PER_RUN_COLUMNS`) and r
 nothing here reads or writes files. Only runs with status "complete" enter the statistics; the others
 are what `incomplete_table` lists.
 
-Several seeds per (arch, dataset) pair: wherever a table shows a mean over runs, a 95% percentile
-bootstrap interval (`bootstrap_ci`, seeded) is added beside it as ``<column>_ci_low`` and
-``<column>_ci_high``. With one run per pair (the study's design) those columns are left out.
+Several seeds per (arch, dataset) pair: wherever a table shows a mean over runs, a 95% bootstrap
+interval (`bootstrap_ci`, seeded) is added beside it as ``<column>_ci_low`` and ``<column>_ci_high``.
+With one run per pair (the study's design) those columns are left out.
+
+The interval (`CI_NOTE`, printed under the tables):
+
+- Family rows pool runs of several (architecture, dataset) pairs, and the seeds of one pair are not
+  independent draws of the family: they share the pair. So family rows resample *pairs* (a cluster
+  bootstrap: each resample draws pairs with replacement and averages all their runs); per-pair and
+  target rows resample runs (seeds).
+- The percentile interval is *expanded* for small samples (Hesterberg 2015, "What teachers should know
+  about the bootstrap", section 3.2): the percentiles are taken at the level whose normal quantile is
+  sqrt(k / (k - 1)) t_{k-1}, k resampled units, so that for normal data it is as wide as the t interval.
+  Plain percentile intervals are too narrow at small k (with k = 2 the 95% interval is [min, max],
+  covering about 50%).
+- With fewer than `MIN_CI_UNITS` units (pairs, or runs) no interval is shown: the bootstrap
+  distribution of so few values is too coarse to give 95%.
+
+`tests/test_aggregate.py` checks the coverage on 2,000 simulated sweeps.
 """
 
 from __future__ import annotations
@@ -16,6 +32,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 #: The study's target experiments (A.3), as "arch/dataset".
 DEFAULT_TARGETS: tuple[str, ...] = ("cnn_deep/fashion_mnist", "transformer_shallow/mnist", "mlp_narrow/mnist")
@@ -45,34 +62,72 @@ TARGET_CI_VALUES: tuple[str, ...] = ("jumps", "events", "robust_events", "r2", "
 
 N_RESAMPLES = 10_000
 CONFIDENCE = 0.95
+#: Fewest resampled units (pairs in family rows, runs elsewhere) for which an interval is shown.
+MIN_CI_UNITS = 5
+
+#: The footnote printed under tables with intervals.
+CI_NOTE = (
+    f"Intervals: {CONFIDENCE:.0%} bootstrap intervals of the mean ({N_RESAMPLES:,} resamples, expanded "
+    "percentile). Family rows resample (architecture, dataset) pairs, other rows resample runs. No "
+    f"interval is shown from fewer than {MIN_CI_UNITS} pairs or runs: a bootstrap of so few values cannot "
+    f"reach {CONFIDENCE:.0%} coverage (with 2 it gives [min, max], about 50%)."
+)
+
+
+def expanded_tail(k: int, confidence: float = CONFIDENCE) -> float:
+    """The tail probability at which the expanded percentile interval of k units takes its percentiles.
+
+    Args:
+        k: resampled units (>= 2).
+        confidence: nominal coverage.
+
+    Returns:
+        alpha' / 2 with Phi^-1(1 - alpha' / 2) = sqrt(k / (k - 1)) t_{k-1}(1 - alpha / 2).
+    """
+    t = stats.t.ppf(1.0 - (1.0 - confidence) / 2.0, df=k - 1)
+    return float(stats.norm.sf(math.sqrt(k / (k - 1)) * t))
 
 
 def bootstrap_ci(
     values: np.ndarray | Sequence[float],
     *,
+    clusters: np.ndarray | Sequence[object] | None = None,
     n_resamples: int = N_RESAMPLES,
     confidence: float = CONFIDENCE,
+    min_units: int = MIN_CI_UNITS,
     random_state: int | np.random.Generator = 0,
 ) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean.
+    """Expanded percentile bootstrap interval of the mean, optionally resampling clusters.
 
     Args:
         values: (n,) observations; NaNs are ignored.
-        n_resamples: bootstrap resamples (each of size n, with replacement).
-        confidence: interval coverage, e.g. 0.95 for the 2.5th and 97.5th percentiles.
+        clusters: (n,) cluster label of each observation (e.g. its (arch, dataset) pair); a resample
+            draws clusters with replacement and averages all their observations. None: every
+            observation is its own cluster.
+        n_resamples: bootstrap resamples.
+        confidence: nominal coverage, e.g. 0.95.
+        min_units: fewest clusters for an interval.
         random_state: seed or Generator; the same seed gives the same interval.
 
     Returns:
-        (low, high); (NaN, NaN) with fewer than 2 finite observations (no spread to resample).
+        (low, high); (NaN, NaN) with fewer than `min_units` clusters holding a finite observation.
     """
     x = np.asarray(values, dtype=np.float64)
-    x = x[np.isfinite(x)]
-    if x.size < 2:
+    labels = np.arange(x.size) if clusters is None else np.asarray(clusters, dtype=object)
+    if labels.shape != x.shape:
+        raise ValueError(f"clusters must have one label per value: {labels.shape} != {x.shape}")
+    finite = np.isfinite(x)
+    x, labels = x[finite], labels[finite]
+    _, group = np.unique(labels.astype(str), return_inverse=True)
+    k = int(group.max()) + 1 if group.size else 0
+    if k < max(min_units, 2):
         return math.nan, math.nan
+    sums = np.bincount(group, weights=x, minlength=k)  # (k,) per-cluster sums and sizes
+    sizes = np.bincount(group, minlength=k).astype(np.float64)
     rng = np.random.default_rng(random_state)
-    # (n_resamples, n) indices -> (n_resamples,) resample means, all at once
-    means = x[rng.integers(0, x.size, size=(n_resamples, x.size))].mean(axis=1)
-    tail = 100.0 * (1.0 - confidence) / 2.0
+    draw = rng.integers(0, k, size=(n_resamples, k))  # (n_resamples, k) clusters of each resample
+    means = sums[draw].sum(axis=1) / sizes[draw].sum(axis=1)
+    tail = 100.0 * expanded_tail(k, confidence)
     low, high = np.percentile(means, [tail, 100.0 - tail])
     return float(low), float(high)
 
@@ -94,14 +149,26 @@ def _mean(x: pd.Series) -> float:
 
 
 def _add_mean_ci(
-    out: dict[str, object], name: str, values: pd.Series, with_ci: bool, random_state: int
+    out: dict[str, object],
+    name: str,
+    values: pd.Series,
+    with_ci: bool,
+    random_state: int,
+    clusters: pd.Series | None = None,
 ) -> None:
     out[name] = _mean(values)
     if with_ci:
         low, high = bootstrap_ci(
-            values.to_numpy(dtype=np.float64, na_value=np.nan), random_state=random_state
+            values.to_numpy(dtype=np.float64, na_value=np.nan),
+            clusters=None if clusters is None else clusters.to_numpy(),
+            random_state=random_state,
         )
         out[f"{name}_ci_low"], out[f"{name}_ci_high"] = low, high
+
+
+def _pairs(runs: pd.DataFrame) -> pd.Series:
+    """The (arch, dataset) pair of each run, as one label: the cluster of the family rows' bootstrap."""
+    return runs["arch"].astype(str) + "/" + runs["dataset"].astype(str)
 
 
 def _range_text(values: pd.Series) -> str:
@@ -175,7 +242,8 @@ def family_table(per_run: pd.DataFrame, *, random_state: int = 0) -> pd.DataFram
         One row per family present (mlp, cnn, transformer, then others), then "all", with columns
         family, runs, jumps_mean, jumps_max, events_mean, events_max, pct_runs_with_jumps, robust_mean,
         robust_max, pct_runs_with_robust (and ``*_ci_low``/``*_ci_high`` beside the means with several
-        seeds per pair). A run "with jumps" has at least one flagged index (equivalently one event).
+        seeds per pair: a cluster bootstrap over the row's (arch, dataset) pairs, NaN with fewer than
+        `MIN_CI_UNITS` pairs). A run "with jumps" has at least one flagged index (equivalently one event).
     """
     done = complete_runs(per_run)
     with_ci = has_multiple_seeds(per_run)
@@ -183,12 +251,13 @@ def family_table(per_run: pd.DataFrame, *, random_state: int = 0) -> pd.DataFram
     rows = []
     for family, g in [*groups, ("all", done)]:
         row: dict[str, object] = {"family": family, "runs": len(g)}
-        _add_mean_ci(row, "jumps_mean", g["jumps"], with_ci, random_state)
+        pairs = _pairs(g)
+        _add_mean_ci(row, "jumps_mean", g["jumps"], with_ci, random_state, pairs)
         row["jumps_max"] = g["jumps"].max() if len(g) else pd.NA
-        _add_mean_ci(row, "events_mean", g["events"], with_ci, random_state)
+        _add_mean_ci(row, "events_mean", g["events"], with_ci, random_state, pairs)
         row["events_max"] = g["events"].max() if len(g) else pd.NA
         row["pct_runs_with_jumps"] = _pct(g["jumps"] > 0)
-        _add_mean_ci(row, "robust_mean", g["robust_events"], with_ci, random_state)
+        _add_mean_ci(row, "robust_mean", g["robust_events"], with_ci, random_state, pairs)
         row["robust_max"] = g["robust_events"].max() if len(g) else pd.NA
         row["pct_runs_with_robust"] = _pct(g["robust_events"] > 0)
         rows.append(row)
@@ -204,7 +273,7 @@ def pair_table(per_run: pd.DataFrame, *, random_state: int = 0) -> pd.DataFrame:
     Returns:
         One row per pair of complete runs, sorted by arch then dataset; columns arch, dataset, family,
         seeds, runs, then ``<value>``, ``<value>_ci_low``, ``<value>_ci_high`` for each of `PAIR_VALUES`
-        (the interval is NaN for a pair with one run).
+        (the interval is NaN for a pair with fewer than `MIN_CI_UNITS` runs).
     """
     done = complete_runs(per_run)
     rows = []

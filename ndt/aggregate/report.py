@@ -97,13 +97,22 @@ def build_tables(
     }
 
 
+def has_intervals(table: pd.DataFrame) -> bool:
+    """Whether a table has bootstrap-interval columns (then `build.CI_NOTE` is printed under it)."""
+    return any(str(c).endswith(render.CI_LOW) for c in table.columns)
+
+
+def table_markdown(table: pd.DataFrame) -> str:
+    """A table as Markdown, with the intervals' footnote when it has intervals."""
+    body = render.to_markdown(table) if len(table) else "(none)\n"
+    return body + (f"\n{build.CI_NOTE}\n" if has_intervals(table) and len(table) else "")
+
+
 def appendix_markdown(tables: dict[str, pd.DataFrame], metric: str) -> str:
     """appendix.md: the appendix tables under headings, in order."""
     parts = [f"# Appendix tables\n\nSeries: mean `{metric}` over the measured layers of each run.\n"]
     for name in APPENDIX_TABLES:
-        table = tables[name]
-        body = render.to_markdown(table) if len(table) else "(none)\n"
-        parts.append(f"## {TABLE_SPECS[name].title}\n\n{body}")
+        parts.append(f"## {TABLE_SPECS[name].title}\n\n{table_markdown(tables[name])}")
     return "\n".join(parts)
 
 
@@ -150,8 +159,9 @@ def make_tables(
     for name, spec in TABLE_SPECS.items():
         table = tables[name]
         _write(out / f"{spec.stem}.csv", render.to_csv(table), written)
-        _write(out / f"{spec.stem}.md", render.to_markdown(table), written)
-        _write(out / f"{spec.stem}.tex", render.to_latex(table, spec.title, spec.latex_label), written)
+        _write(out / f"{spec.stem}.md", table_markdown(table), written)
+        caption = f"{spec.title}. {build.CI_NOTE}" if has_intervals(table) else spec.title
+        _write(out / f"{spec.stem}.tex", render.to_latex(table, caption, spec.latex_label), written)
     _write(out / "per_run.csv", render.to_csv(per_run), written)
     _write(out / "appendix.md", appendix_markdown(tables, metric), written)
     if figures:

@@ -1,4 +1,4 @@
-"""One summary row per run of a sweep: the layer-mean series, its growth fit, and both detectors' jumps.
+"""One summary row per run of a sweep: the layer-mean series, its growth fit, and the detectors' events.
 
 `summarize_series` is the pure core (arrays in, a dict of numbers out). `summarize_run` adds the I/O of
 one run directory (run.json and the Parquet store), and `collect_sweep` maps it over a sweep, in worker
@@ -9,6 +9,8 @@ A per-run row (`PER_RUN_COLUMNS`, in that order):
 ==================== ====================================================================================
 run                  run directory name (``<arch>__<dataset>__s<seed>``)
 arch, dataset, seed  from run.json (seed null when unknown, e.g. imported legacy runs)
+protocol             the run's measurement protocol (run.json config ``protocol.name``; "study" when absent,
+                     as for runs made before protocols existed and imported legacy runs)
 family               from run.json's ``family`` (the run's metadata, not its name); "unknown" if absent
 depth, width, params from run.json
 final_accuracy       from run.json
@@ -20,6 +22,12 @@ n_rows               metric rows (per-layer snapshots)
 jumps                the study's count: indices flagged by `ndt.detect.study.detect_jumps`
 events               maximal runs of consecutive flagged indices (transitions)
 robust_events        jumps of `ndt.detect.robust.detect_jumps_robust` (one per event)
+transitions          transitions of the default detector (`ndt.detect.DEFAULT_DETECTOR`) on the layer-mean
+                     series, both directions, the escape from initialisation not counted
+layer_transitions    the default detector's transitions summed over every layer's own series
+layers_with_transitions  layers with at least one transition of their own
+init_escape_step     peak step of the escape from initialisation on the layer-mean series (null if none)
+first_transition_step  start step of the first transition on the layer-mean series (null if none)
 max_jump_magnitude   largest smoothed gradient among the study's jumps (metric units per sample)
 max_jump_z           z-score of that jump
 max_jump_step        training step of that jump
@@ -48,8 +56,7 @@ import numpy as np
 import pandas as pd
 
 from ndt.analysis.growth import GrowthFit, fit_tap
-from ndt.detect.robust import detect_jumps_robust
-from ndt.detect.study import Jumps, detect_jumps
+from ndt.detect import Jumps, detect_jumps, detect_jumps_robust, get_detector
 from ndt.measure.series import layer_mean_series
 from ndt.storage.layout import METRICS_DIR, is_complete, iter_run_dirs, read_run_json
 from ndt.storage.parquet import read_metrics
@@ -63,6 +70,7 @@ PER_RUN_COLUMNS: tuple[str, ...] = (
     "arch",
     "dataset",
     "seed",
+    "protocol",
     "family",
     "depth",
     "width",
@@ -75,6 +83,11 @@ PER_RUN_COLUMNS: tuple[str, ...] = (
     "jumps",
     "events",
     "robust_events",
+    "transitions",
+    "layer_transitions",
+    "layers_with_transitions",
+    "init_escape_step",
+    "first_transition_step",
     "max_jump_magnitude",
     "max_jump_z",
     "max_jump_step",
@@ -104,6 +117,11 @@ _INT_COLUMNS = (
     "jumps",
     "events",
     "robust_events",
+    "transitions",
+    "layer_transitions",
+    "layers_with_transitions",
+    "init_escape_step",
+    "first_transition_step",
     "max_jump_step",
 )
 _FLOAT_COLUMNS = (
@@ -146,22 +164,49 @@ def analyse_series(steps: np.ndarray, values: np.ndarray) -> tuple[GrowthFit, Ju
     return fit_tap(steps, values), detect_jumps(values, steps), detect_jumps_robust(values, steps)
 
 
-def summarize_series(steps: np.ndarray, values: np.ndarray) -> dict[str, Any]:
-    """Growth fit and both detectors on one series.
+def layer_transitions(layer_series: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, int]:
+    """The default detector's transitions per layer: {layer: count}, from {layer: (steps, values)}.
+
+    Non-finite values of a layer (its activations were not finite there) are left out of that layer's
+    own series; a layer with fewer than two finite values has no transition.
+    """
+    detector = get_detector()
+    out = {}
+    for name, (steps, values) in layer_series.items():
+        ok = np.isfinite(values)
+        out[name] = len(detector.detect(values[ok], steps[ok]).events) if ok.sum() >= 2 else 0
+    return out
+
+
+def summarize_series(
+    steps: np.ndarray,
+    values: np.ndarray,
+    layer_series: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
+) -> dict[str, Any]:
+    """Growth fit and the detectors on one layer-mean series (and the default detector on each layer).
 
     Args:
         steps: (m,) training steps, increasing.
         values: (m,) layer-mean metric.
+        layer_series: {layer: ((m_l,) steps, (m_l,) values)} of each layer's own series; None leaves the
+            per-layer columns null.
 
     Returns:
         {column: value} for `SERIES_COLUMNS`.
     """
     fit, study, robust = analyse_series(steps, values)
+    default = get_detector().detect(values, steps)
+    per_layer = None if layer_series is None else layer_transitions(layer_series)
     top = max(study, key=lambda j: j.magnitude, default=None)
     return {
         "jumps": len(study),
         "events": len(study.events),
         "robust_events": len(robust),
+        "transitions": len(default.events),
+        "layer_transitions": None if per_layer is None else sum(per_layer.values()),
+        "layers_with_transitions": None if per_layer is None else sum(n > 0 for n in per_layer.values()),
+        "init_escape_step": default.init_escape[0].peak_step if default.init_escape else None,
+        "first_transition_step": default.events[0].start_step if default.events else None,
         "max_jump_magnitude": top.magnitude if top else math.nan,
         "max_jump_z": top.z_score if top else math.nan,
         "max_jump_step": top.step if top else None,
@@ -193,6 +238,14 @@ def _frame_series(df: pd.DataFrame, metric: str) -> tuple[np.ndarray, np.ndarray
     )
 
 
+def run_protocol(record: dict[str, Any]) -> str:
+    """The measurement protocol a run record names (``config.protocol.name``); "study" when it names none."""
+    config = record.get("config")
+    protocol = config.get("protocol") if isinstance(config, dict) else None
+    name = protocol.get("name") if isinstance(protocol, dict) else None
+    return str(name) if name else "study"
+
+
 def summarize_run(run_dir: str | os.PathLike[str], metric: str = DEFAULT_METRIC) -> dict[str, Any]:
     """The per-run row of one run directory (columns: `PER_RUN_COLUMNS`).
 
@@ -207,6 +260,7 @@ def summarize_run(run_dir: str | os.PathLike[str], metric: str = DEFAULT_METRIC)
         arch=rec.get("arch") or parts[0],
         dataset=rec.get("dataset") or (parts[1] if len(parts) > 1 else ""),
         seed=rec.get("seed"),
+        protocol=run_protocol(rec),
         family=rec.get("family") or "unknown",
         depth=rec.get("depth"),
         width=rec.get("width"),
@@ -236,7 +290,11 @@ def summarize_run(run_dir: str | os.PathLike[str], metric: str = DEFAULT_METRIC)
         n_layers=int(df["layer"].nunique()),
         n_rows=len(df),
     )
-    row.update(summarize_series(steps, values))
+    by_layer = {
+        str(name): (g["step"].to_numpy(), g[metric].to_numpy(dtype=np.float64))
+        for name, g in df.sort_values("step", kind="stable").groupby("layer", sort=False, observed=True)
+    }
+    row.update(summarize_series(steps, values, by_layer))
     return row
 
 

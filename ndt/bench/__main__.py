@@ -1,4 +1,4 @@
-"""`python -m ndt.bench [kernel] [overhead] [conv] [runs] [aggregate]`: print the benchmark ratios measured in this run."""
+"""`python -m ndt.bench [kernel] [overhead] [conv] [runs] [aggregate] [view]`: print the benchmark ratios measured in this run."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ from ndt.bench.kernel import bench_kernel, report_kernel
 from ndt.bench.overhead import bench_overhead, report_overhead
 from ndt.bench.runs import bench_runs, report_runs
 from ndt.bench.timing import machine_line
+from ndt.bench.view import bench_view, report_view
 
-BENCHES = ("kernel", "overhead", "conv", "runs", "aggregate")
+BENCHES = ("kernel", "overhead", "conv", "runs", "aggregate", "view")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -40,6 +41,11 @@ def main(argv: list[str] | None = None) -> None:
         print(
             f"aggregation: 1,000 synthetic runs x 400 measurements x 8 layers in {seconds:.1f} s (target < 60 s)"
         )
+    if "view" in which:
+        try:
+            print(report_view(bench_view()), flush=True)
+        except RuntimeError as err:  # no Chromium here: the other figures still count
+            print(f"view: not measured: {err}", flush=True)
 
 
 if __name__ == "__main__":

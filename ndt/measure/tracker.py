@@ -27,10 +27,17 @@ What happens at a measured step (a multiple of ``sampling_frequency``):
    cores); on CUDA on the worker thread.
 
 Between measured steps the hooks return at once: no copies, no synchronisation.
+
+What reaches disk: `close()` (or leaving the ``with`` block) writes every row. A tracker that is
+garbage-collected without it, or still open when the interpreter exits, is closed then (a finaliser and
+an ``atexit`` hook; the worker thread holds only a weak reference, so it never keeps a tracker alive).
+Lost on SIGKILL or a power loss: the rows not yet in a part, at most `flush_every` measurements (on the
+worker path also those still queued for it, at most 64 more); `ndt.run` recomputes them on resume.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import functools
 import logging
@@ -41,6 +48,7 @@ import threading
 import time
 import uuid
 import warnings
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -196,10 +204,9 @@ class HighFrequencyTracker:
         self.flush_every = flush_every
         self._pending: list[_Measurement] = []  # measured, spectra not yet solved
         self.background = device.type == "cuda" if background is None else background
-        self._queue: queue.Queue[_Measurement | str] | None = None
-        self._worker: threading.Thread | None = None
-        self._worker_error: BaseException | None = None
+        self._worker: _Worker | None = None  # started at the first background measurement
         self.closed = False
+        _OPEN_TRACKERS.add(self)  # closed at interpreter exit if still open
 
     # ------------------------------------------------------------------ public API
 
@@ -301,14 +308,16 @@ class HighFrequencyTracker:
         if self.closed:
             return
         try:
-            self._drain()
+            err = self._stop_worker()
+            if err is None:
+                self._solve_pending()
+            else:
+                raise RuntimeError(f"measurement failed on the spectra worker: {err}") from err
         finally:
-            if self._worker is not None and self._queue is not None:
-                self._queue.put(_STOP)
-                self._worker.join()
             self.capture.remove()
             self.writer.close()
             self.closed = True
+            _OPEN_TRACKERS.discard(self)
 
     def __enter__(self) -> HighFrequencyTracker:
         return self
@@ -317,7 +326,8 @@ class HighFrequencyTracker:
         self.close()
 
     def __del__(self) -> None:
-        # Last resort: a tracker dropped without close() still leaves its rows on disk.
+        # Last resort: a tracker dropped without close() still leaves its rows on disk. (It can run on
+        # the worker thread, when the worker held the last reference for an instant: see _stop_worker.)
         if not getattr(self, "closed", True):
             with contextlib.suppress(Exception):  # never raise from a finaliser
                 self.close()
@@ -480,42 +490,107 @@ class HighFrequencyTracker:
 
     def _submit(self, m: _Measurement) -> None:
         if self._worker is None:
-            self._queue = queue.Queue(maxsize=64)
-            self._worker = threading.Thread(target=self._work, name="ndt-spectra", daemon=True)
-            self._worker.start()
-        assert self._queue is not None
-        self._queue.put(m)
+            self._worker = _Worker(self)
+        self._worker.queue.put(m)
 
-    def _work(self) -> None:
-        assert self._queue is not None
-        while True:
-            m = self._queue.get()
+    def _stop_worker(self) -> BaseException | None:
+        """End the worker; every measurement it was given is then solved or in `_pending`.
+
+        Returns:
+            The error the worker hit and has not yet reported, or None.
+        """
+        w = self._worker
+        if w is None:
+            return None
+        if threading.current_thread() is w.thread:
+            w.stop_now = True  # finalised on the worker itself: it stops after the current item
+        else:
+            w.queue.put(_STOP)
+            w.thread.join()
+        while True:  # what it did not take (it stopped early)
             try:
-                if self._worker_error is not None:
-                    continue  # keep consuming so that _drain's join() returns; the error is re-raised
-                if m == _STOP:
-                    return
-                if m == _DRAIN:
-                    self._solve_pending()
-                elif isinstance(m, _Measurement):
-                    self._pending.append(m)
-                    if len(self._pending) >= self.flush_every:
-                        self._solve_pending()
-            except BaseException as e:
-                self._worker_error = e
-            finally:
-                self._queue.task_done()
+                m = w.queue.get_nowait()
+            except queue.Empty:
+                break
+            w.queue.task_done()
+            if isinstance(m, _Measurement):
+                w.orphans.append(m)
+        # Orphans: measurements the worker could not hand over (its weak reference was already cleared
+        # by the garbage collector while this tracker was being finalised). They follow `_pending`.
+        self._pending.extend(w.orphans)
+        w.orphans.clear()
+        self._worker = None
+        return w.error
 
     def _drain(self) -> None:
         """Solve and write every measurement taken so far."""
-        if self._queue is not None:
-            self._queue.put(_DRAIN)
-            self._queue.join()
+        w = self._worker
+        if w is not None and threading.current_thread() is not w.thread:
+            w.queue.put(_DRAIN)
+            w.queue.join()
         else:
             self._solve_pending()
         self._raise_worker_error()
 
     def _raise_worker_error(self) -> None:
-        if self._worker_error is not None:
-            err, self._worker_error = self._worker_error, None
+        if self._worker is not None and self._worker.error is not None:
+            err, self._worker.error = self._worker.error, None
             raise RuntimeError(f"measurement failed on the spectra worker: {err}") from err
+
+
+class _Worker:
+    """The spectra worker thread and what it shares with its tracker.
+
+    It holds the tracker only through a weak reference (and strongly only while handling one item), so
+    a tracker dropped without `close()` is still garbage-collected, and its finaliser flushes the rows.
+    """
+
+    def __init__(self, tracker: HighFrequencyTracker) -> None:
+        self.queue: queue.Queue[_Measurement | str] = queue.Queue(maxsize=64)
+        self.error: BaseException | None = None
+        self.orphans: list[_Measurement] = []  # taken while the tracker was being finalised
+        self.stop_now = False
+        self._tracker = weakref.ref(tracker)
+        self.thread = threading.Thread(target=self._run, name="ndt-spectra", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            m = self.queue.get()
+            try:
+                if m == _STOP:
+                    return
+                if self.error is not None:
+                    continue  # keep consuming so that _drain's join() returns; the error is re-raised
+                tracker = self._tracker()
+                if tracker is None:  # being finalised: its close() solves these
+                    if isinstance(m, _Measurement):
+                        self.orphans.append(m)
+                    continue
+                try:
+                    if m == _DRAIN:
+                        tracker._solve_pending()
+                    elif isinstance(m, _Measurement):
+                        tracker._pending.append(m)
+                        if len(tracker._pending) >= tracker.flush_every:
+                            tracker._solve_pending()
+                finally:
+                    del tracker  # may be the last reference: its finaliser then runs here (stop_now)
+            except BaseException as e:
+                self.error = e
+            finally:
+                self.queue.task_done()
+            if self.stop_now:
+                return
+
+
+#: Trackers not yet closed; `_close_open_trackers` closes them when the interpreter exits.
+_OPEN_TRACKERS: weakref.WeakSet[HighFrequencyTracker] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_trackers() -> None:
+    # atexit runs before daemon threads are stopped, so the worker can still finish its queue.
+    for tracker in list(_OPEN_TRACKERS):
+        with contextlib.suppress(Exception):  # nothing to report to at exit; write what can be written
+            tracker.close()

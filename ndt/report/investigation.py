@@ -39,8 +39,7 @@ from ndt.aggregate.summaries import check_metric, layer_mean_series
 from ndt.analysis.analyzer import ActivationAnalyzer, LayerAnalysis
 from ndt.analysis.comparison import Comparison, linear_cka, metric_frame, principal_angles
 from ndt.analysis.visualize import FeatureVisualizer
-from ndt.detect.robust import RobustJumpDetector
-from ndt.detect.study import JumpDetector, Jumps
+from ndt.detect import DEFAULT_DETECTOR, Jumps, get_detector
 from ndt.measure.capture import ActivationCapture
 from ndt.measure.spectrum import compute_metrics
 from ndt.models import describe
@@ -60,8 +59,14 @@ log = logging.getLogger("ndt.investigate")
 FALLBACK_PROBE = 160
 #: Recomputed and recorded metrics agreeing to this relative difference confirm the replay.
 REPLAY_TOLERANCE = 1e-4
-#: The z threshold of each detector's default settings (drawn on the series figure).
-DETECTOR_THRESHOLDS = {"study": JumpDetector().threshold, "robust": RobustJumpDetector().threshold}
+
+
+def detector_threshold(name: str | None) -> float | None:
+    """The z threshold of a detector's default settings (drawn on the series figure), if it has one."""
+    value = getattr(get_detector(name), "threshold", None)
+    return float(value) if isinstance(value, int | float) else None
+
+
 #: Largest principal subspace compared per layer (`dominant_angles`).
 ANGLES_MAX_K = 10
 #: Config keys a replay needs (`ndt.running.train.build_training` reads the rest with them).
@@ -623,6 +628,7 @@ def investigate(
     t_start = time.perf_counter()
     run = Path(run_dir)
     record, cfg, rows = load_run(run, opts.metric)
+    opts = opts.for_run(cfg)  # detector: the run protocol's unless one was named
     device = replay_device(opts.device)
     steps, mean = layer_mean_series(
         rows["step"].to_numpy(), rows[opts.metric].to_numpy(), rows["layer"].to_numpy(), what=opts.metric
@@ -633,7 +639,7 @@ def investigate(
         max_steps=int(cfg.trainer.max_steps),
         jump=opts.jump_rank,
         step=opts.step,
-        detector=opts.detector,
+        detector=opts.detector or DEFAULT_DETECTOR,
         series=f"{run.name}'s layer-mean {opts.metric}",
         probe=int(cfg.tracker.probe_size) > 0,
     )
@@ -816,7 +822,7 @@ def figure_blocks(
                 b,
                 metric=metric,
                 highlight=highlight,
-                threshold=DETECTOR_THRESHOLDS.get(opts.detector),
+                threshold=detector_threshold(opts.detector),
             ),
             f"Left: the whole run; right: a zoom around the compared steps {a} (blue) and {b} (red). Top: the "
             f"layer-mean series the detector ({opts.detector}) ran on, with its events shaded (the investigated "

@@ -25,10 +25,9 @@ from typing import Literal
 
 import numpy as np
 
-from ndt.detect.robust import detect_jumps_robust
-from ndt.detect.study import JumpEvent, Jumps, detect_jumps
+from ndt.detect import DEFAULT_DETECTOR, DETECTORS, JumpEvent, Jumps, get_detector
 from ndt.measure.tracker import steps_done_at
-from ndt.report.options import Detector, InvestigationError
+from ndt.report.options import InvestigationError
 
 
 @dataclass(frozen=True)
@@ -69,22 +68,23 @@ class Moments:
         return f"{self.before}-{self.after}"
 
 
-def detect(values: np.ndarray, steps: np.ndarray, detector: Detector) -> Jumps:
-    """Run the named detector on one series.
+def detect(values: np.ndarray, steps: np.ndarray, detector: str) -> Jumps:
+    """Run the named detector (`ndt.detect.DETECTORS`) on one series.
 
     Args:
         values: (m,) layer-mean metric.
         steps: (m,) measurement steps.
-        detector: "study" or "robust".
+        detector: a detector name.
     """
-    if detector == "robust":
-        return detect_jumps_robust(values, steps)
-    return detect_jumps(values, steps)
+    return get_detector(detector).detect(values, steps)
 
 
 def rank_events(jumps: Jumps) -> list[JumpEvent]:
-    """Events by peak magnitude, largest first (rank 1 = index 0); ties go to the earlier event."""
-    return sorted(jumps.events, key=lambda e: (-e.peak_magnitude, e.start_step))
+    """Transitions by |peak magnitude|, largest first (rank 1 = index 0); ties go to the earlier event.
+
+    The escape from initialisation (``jumps.init_escape``) is not among them.
+    """
+    return sorted(jumps.events, key=lambda e: (-abs(e.peak_magnitude), e.start_step))
 
 
 def _describe_steps(steps: np.ndarray) -> str:
@@ -164,7 +164,7 @@ def choose_moments(
     max_steps: int,
     jump: int | None = 1,
     step: int | None = None,
-    detector: Detector = "study",
+    detector: str = DEFAULT_DETECTOR,
     series: str = "the series",
     probe: bool = True,
 ) -> tuple[Moments, Jumps]:
@@ -176,7 +176,7 @@ def choose_moments(
         max_steps: optimizer steps of the run.
         jump: rank of the event to investigate (used when `step` is None).
         step: a training step to investigate instead.
-        detector: "study" or "robust".
+        detector: a name from `ndt.detect.DETECTORS`.
         series: what the series is, for messages (e.g. "the layer-mean participation_ratio").
         probe: whether the run measured a probe (see `Moments.probe`).
 
@@ -200,7 +200,7 @@ def choose_moments(
         raise InvestigationError(
             f"{series} has no jump (detector={detector}); investigate a moment with step=N instead "
             f"(measured steps {_describe_steps(s)}), or try "
-            f"{'detector=robust' if detector == 'study' else 'detector=study'} or another metric=..."
+            f"another detector= ({', '.join(d for d in DETECTORS if d != detector)}) or another metric=..."
         )
     if not 1 <= rank <= len(events):
         listed = "; ".join(

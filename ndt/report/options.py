@@ -11,12 +11,10 @@ import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any
 
 from ndt.aggregate.summaries import DEFAULT_METRIC
-
-Detector = Literal["study", "robust"]
-DETECTORS: tuple[str, ...] = get_args(Detector)
+from ndt.detect import DEFAULT_DETECTOR, DETECTORS
 
 
 class InvestigationError(ValueError):
@@ -33,7 +31,9 @@ class InvestigateOptions:
             nearest measured step; ties go to the earlier one).
         layers: module names to capture and compare; None = what the tracker measured.
         metric: metric whose layer-mean series is searched for jumps (the tables' default).
-        detector: "study" (the study's z > 2 detector) or "robust" (`ndt.detect.robust`).
+        detector: a name from `ndt.detect.DETECTORS`; None: the run's protocol's detector
+            (``protocol.detector`` in its config: "study" for the paper's protocol), else
+            `ndt.detect.DEFAULT_DETECTOR`.
         device: where the replay runs ("cpu" replays bit-exactly; "auto" or "cuda" are faster).
         out: output directory; default ``RUN_DIR/investigate/<step_a>-<step_b>``.
         top: most-changed layers shown as PCA scatter plots.
@@ -44,7 +44,7 @@ class InvestigateOptions:
     step: int | None = None
     layers: tuple[str, ...] | None = None
     metric: str = DEFAULT_METRIC
-    detector: Detector = "study"
+    detector: str | None = None
     device: str = "cpu"
     out: Path | None = None
     top: int = 2
@@ -55,7 +55,7 @@ class InvestigateOptions:
             raise InvestigationError("give jump=K or step=N, not both")
         if self.jump is not None and self.jump < 1:
             raise InvestigationError(f"jump={self.jump}: jumps are ranked from 1 (the largest)")
-        if self.detector not in DETECTORS:
+        if self.detector is not None and self.detector not in DETECTORS:
             raise InvestigationError(f"detector={self.detector}: choose one of {', '.join(DETECTORS)}")
         if self.top < 1 or self.samples < 1:
             raise InvestigationError(
@@ -63,6 +63,14 @@ class InvestigateOptions:
             )
         if self.layers is not None and not self.layers:
             raise InvestigationError("layers= is empty; name modules, e.g. layers=hidden.0,fc")
+
+    def for_run(self, config: Any) -> InvestigateOptions:
+        """These options with `detector` resolved for a run whose resolved config is `config`."""
+        if self.detector is not None:
+            return self
+        protocol = config.get("protocol") if hasattr(config, "get") else None
+        named = protocol.get("detector") if protocol is not None and hasattr(protocol, "get") else None
+        return dataclasses.replace(self, detector=str(named) if named else DEFAULT_DETECTOR)
 
     @property
     def jump_rank(self) -> int | None:
@@ -76,7 +84,7 @@ OPTION_HELP: dict[str, str] = {
     "step": "investigate the measurement at this training step instead (rounded to a measured step)",
     "layers": "comma-separated module names (default: the layers the tracker measured)",
     "metric": f"metric of the layer-mean series searched for jumps (default {DEFAULT_METRIC})",
-    "detector": "jump detector: study (z > 2 on the smoothed gradient) or robust (default study)",
+    "detector": f"jump detector: {', '.join(DETECTORS)} (default: the run's protocol's, else {DEFAULT_DETECTOR})",
     "device": "where the replay runs: cpu (bit-exact, default), auto, cuda",
     "out": "output directory (default RUN_DIR/investigate/<step_a>-<step_b>)",
     "top": "most-changed layers shown as PCA scatter plots (default 2)",

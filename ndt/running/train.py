@@ -10,14 +10,17 @@ files; the return value is only a convenience.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import os
 import platform
+import socket
 import subprocess
 import sys
 import time
 import traceback
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,18 +36,29 @@ from ndt.data import EpochSampler, load_dataset
 from ndt.data.spec import dataset_spec
 from ndt.measure.tracker import HighFrequencyTracker
 from ndt.models import IncompatiblePairError, build_model, check_compatible, describe
-from ndt.running.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
+from ndt.running.checkpoint import (
+    checkpoint_path,
+    latest_valid_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+)
+from ndt.running.validation import validate_config
 from ndt.storage.layout import (
+    CHECKPOINT_DIR,
     DONE_MARKER,
     HEARTBEAT,
     LOG_FILE,
     METRICS_DIR,
+    SET_ASIDE_DIR,
     is_complete,
     read_run_json,
     run_name,
+    write_done_marker,
     write_run_json,
 )
-from ndt.storage.parquet import MetricsWriter, list_parts, read_metrics
+from ndt.storage.lock import run_lock
+from ndt.storage.parquet import MetricsWriter, list_parts, read_metrics, set_aside_unreadable_parts
 
 log = logging.getLogger("ndt.run")
 
@@ -55,7 +69,16 @@ class RunConflictError(RuntimeError):
 
 #: Config keys that change the numbers a run produces. Others (paths, logging, progress, device,
 #: launcher) may differ between a run and its resumption.
-EXPERIMENT_KEYS = ("arch", "dataset", "seed", "trainer.max_steps", "trainer.batch_size", "tracker", "optim")
+EXPERIMENT_KEYS = (
+    "arch",
+    "dataset",
+    "seed",
+    "trainer.max_steps",
+    "trainer.batch_size",
+    "tracker",
+    "optim",
+    "protocol",
+)
 
 
 def _flatten(node: Any, prefix: str, out: dict[str, Any]) -> None:
@@ -292,10 +315,17 @@ def base_record(cfg: DictConfig, config: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_experiment(cfg: DictConfig) -> dict[str, Any]:
-    """Run (or skip, or resume) one experiment; return its run record (also in ``run.json``)."""
+    """Run (or skip, or resume) one experiment; return its run record (also in ``run.json``).
+
+    Raises:
+        ndt.running.validation.ConfigError: a config value out of range (before anything is written).
+        ndt.storage.lock.RunLockedError: another live process runs this directory.
+        RunConflictError: the directory holds another experiment.
+    """
+    validate_config(cfg)
     run_dir = run_dir_for(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
-    with run_log_file(run_dir):
+    with run_lock(run_dir), run_log_file(run_dir):
         config: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
         check_same_experiment(run_dir, config)
         if is_complete(run_dir):
@@ -313,7 +343,7 @@ def run_experiment(cfg: DictConfig) -> dict[str, Any]:
         except IncompatiblePairError as e:
             record.update(status="skipped", error=str(e))
             write_run_json(run_dir, record)
-            (run_dir / DONE_MARKER).write_text("skipped\n")
+            write_done_marker(run_dir, "skipped")
             log.warning("skipped %s: %s", run_dir.name, e)
             return record
         try:
@@ -324,7 +354,7 @@ def run_experiment(cfg: DictConfig) -> dict[str, Any]:
             write_run_json(run_dir, record)
             return record
         write_run_json(run_dir, record)
-        (run_dir / DONE_MARKER).write_text("complete\n")  # written last
+        write_done_marker(run_dir, "complete")  # written last, after everything it vouches for is durable
         log.info("results: %s", run_dir.resolve())
         return record
 
@@ -403,14 +433,39 @@ def checkpoint_payload(state: TrainingState, steps_done: int, elapsed_s: float) 
     }
 
 
-def restore(state: TrainingState, payload: dict[str, Any]) -> None:
-    """Load a checkpoint payload into `state` (model, optimizer, data position, RNG)."""
+def cuda_reseed(seed: int, steps_done: int) -> int:
+    """The CUDA RNG seed of a run resumed on CUDA from a checkpoint without CUDA RNG state.
+
+    A function of (seed, step) only, so that two resumptions of the same checkpoint draw the same
+    dropout masks; it differs from the seed itself, so the stream is not the one of step 0 again.
+    """
+    return (int(seed) * 1_000_003 + int(steps_done) + 1) % 2**63
+
+
+def restore(state: TrainingState, payload: dict[str, Any], seed: int = 0) -> None:
+    """Load a checkpoint payload into `state` (model, optimizer, data position, RNG).
+
+    On CUDA the checkpoint's CUDA RNG state is restored; a checkpoint taken on the CPU has none, and
+    the CUDA generator is then seeded with `cuda_reseed` (deterministic, with a warning: dropout
+    draws differ from those of an uninterrupted CUDA run).
+    """
     state.model.load_state_dict(payload["model"])
     state.optimizer.load_state_dict(payload["optimizer"])
     state.sampler.load_state_dict(payload["sampler"])
     torch.set_rng_state(payload["rng_cpu"].cpu())
-    if state.device.type == "cuda" and payload.get("rng_cuda") is not None:
-        torch.cuda.set_rng_state(payload["rng_cuda"].cpu(), state.device)
+    if state.device.type == "cuda":
+        if payload.get("rng_cuda") is not None:
+            torch.cuda.set_rng_state(payload["rng_cuda"].cpu(), state.device)
+        else:
+            cuda_seed = cuda_reseed(seed, int(payload["step"]))
+            msg = (
+                f"checkpoint of step {payload['step']} has no CUDA RNG state (taken on the CPU); the CUDA "
+                f"generator is seeded with {cuda_seed} (from seed {seed} and the step), so random draws on "
+                "the GPU differ from an uninterrupted run's"
+            )
+            log.warning("%s", msg)
+            warnings.warn(msg, RuntimeWarning, stacklevel=2)
+            torch.cuda.manual_seed(cuda_seed)
 
 
 def restore_at(run_dir: str | Path, steps_done: int, device: str | torch.device = "cpu") -> TrainingState:
@@ -436,11 +491,100 @@ def restore_at(run_dir: str | Path, steps_done: int, device: str | torch.device 
     start = 0
     if usable:
         start, path = usable[-1]
-        restore(state, load_checkpoint(path, map_location=state.device))
+        restore(state, load_checkpoint(path, map_location=state.device), seed=int(cfg.seed))
     state.model.train()
     for _ in range(start, steps_done):
         training_step(state)
     return state
+
+
+def segment_record(start_step: int, device: torch.device, record: dict[str, Any]) -> dict[str, Any]:
+    """One entry of run.json's ``segments``: what one process that trained the run ran on.
+
+    Keys: start_step (steps done when it started), started_at (UTC, ISO 8601), host, pid, device,
+    git_commit, versions, and slurm (job ids) under SLURM.
+    """
+    seg: dict[str, Any] = {
+        "start_step": int(start_step),
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "device": str(device),
+        "git_commit": record.get("git_commit"),
+        "versions": record.get("versions"),
+    }
+    if job_ids():
+        seg["slurm"] = job_ids()
+    return seg
+
+
+def previous_segments(run_dir: Path) -> list[dict[str, Any]]:
+    """The ``segments`` of the run record already in `run_dir` (empty for a new run)."""
+    try:
+        old = read_run_json(run_dir).get("segments")
+    except (FileNotFoundError, ValueError):
+        return []
+    return [s for s in old if isinstance(s, dict)] if isinstance(old, list) else []
+
+
+def warn_if_mixed(run_name_: str, segments: list[dict[str, Any]]) -> None:
+    """Log a warning when the segments of a run ran on different devices, commits or versions."""
+    for key in ("device", "git_commit", "versions"):
+        values = {json_key(s.get(key)) for s in segments}
+        if len(values) > 1:
+            log.warning(
+                "%s was trained in %d segments that differ in %s (see run.json's segments): its numbers "
+                "mix them",
+                run_name_,
+                len(segments),
+                key,
+            )
+
+
+def json_key(value: Any) -> str:
+    """A hashable, order-independent text of a JSON value (to compare segment fields)."""
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def find_resume_point(
+    run_dir: Path, cfg: DictConfig, device: torch.device
+) -> tuple[int, dict[str, Any] | None, int | None]:
+    """Where an interrupted run continues, after setting aside what a crash damaged.
+
+    1. Metric parts that do not read are moved to ``set_aside/metrics/`` (warned, by name).
+    2. The first measured step (a multiple of ``tracker.sampling_frequency``) missing from the rows left.
+    3. The newest valid checkpoint at or before that step (`latest_valid_checkpoint`: invalid newer
+       ones are set aside); the run continues from it and the rows after it are redone.
+
+    Returns:
+        (start step, checkpoint payload or None, ``resume_after_step`` for `MetricsWriter`: rows of
+        steps after it are dropped; None for a fresh run).
+    """
+    metrics_dir = run_dir / METRICS_DIR
+    for stray in (run_dir / CHECKPOINT_DIR).glob(".step_*.tmp"):  # a crash during a checkpoint write
+        stray.unlink(missing_ok=True)
+    started = metrics_dir.is_dir() or bool(list_checkpoints(run_dir))
+    on_disk: set[int] = set()
+    if metrics_dir.is_dir():
+        for moved in set_aside_unreadable_parts(metrics_dir, run_dir / SET_ASIDE_DIR / METRICS_DIR):
+            msg = f"metric part {moved.name} of {run_dir.name} cannot be read: moved to {moved}; its rows are recomputed"
+            log.warning("%s", msg)
+            warnings.warn(msg, RuntimeWarning, stacklevel=2)
+        on_disk = set(read_metrics(metrics_dir, columns=["step"])["step"].unique().tolist())
+    freq, max_steps = int(cfg.tracker.sampling_frequency), int(cfg.trainer.max_steps)
+    first_missing = next((s for s in range(0, max_steps, freq) if s not in on_disk), max_steps)
+    found = latest_valid_checkpoint(run_dir, map_location=device, at_most=first_missing)
+    if found is None:
+        return 0, None, -1 if started else None  # nothing usable: start over, dropping any rows
+    step, path, payload = found
+    if step < max((s for s, _ in list_checkpoints(run_dir)), default=0):
+        log.warning(
+            "%s: rows of measured step %d are missing, so the run resumes from %s, before it",
+            run_dir.name,
+            first_missing,
+            path.name,
+        )
+    return step, payload, step - 1  # rows of steps < step are final; later ones are redone
 
 
 def heartbeat(run_dir: Path) -> None:
@@ -468,20 +612,22 @@ def _train(cfg: DictConfig, run_dir: Path, record: dict[str, Any]) -> dict[str, 
     if job_ids():
         record["slurm"] = job_ids()
 
-    start_step, elapsed = 0, 0.0
+    elapsed = 0.0
     metrics_dir = run_dir / METRICS_DIR
-    resume_after: int | None = None
-    found = latest_checkpoint(run_dir)
-    if found is not None:
-        start_step, path = found
-        payload = load_checkpoint(path, map_location=device)
-        restore(state, payload)
+    start_step, payload, resume_after = find_resume_point(run_dir, cfg, device)
+    if payload is not None:
+        restore(state, payload, seed=int(cfg.seed))
         elapsed = float(payload["elapsed_s"])
-        resume_after = start_step - 1  # rows of steps < start_step are final; later ones are redone
-        log.info("resuming %s from %s (step %d)", run_dir.name, path.name, start_step)
-    elif metrics_dir.exists() and list_parts(metrics_dir):
-        resume_after = -1  # killed before its first checkpoint: start over, dropping its rows
-        log.info("restarting %s from step 0 (no checkpoint)", run_dir.name)
+        log.info(
+            "resuming %s from %s (step %d)",
+            run_dir.name,
+            checkpoint_path(run_dir, start_step).name,
+            start_step,
+        )
+    elif resume_after is not None and list_parts(metrics_dir):
+        log.info("restarting %s from step 0 (no usable checkpoint)", run_dir.name)
+    record["segments"] = [*previous_segments(run_dir), segment_record(start_step, device, record)]
+    warn_if_mixed(run_dir.name, record["segments"])
     record["status"] = "running"
     write_run_json(run_dir, record)
     heartbeat(run_dir)

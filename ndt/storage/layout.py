@@ -9,12 +9,18 @@ A sweep directory holds one directory per run, named by its choices::
             checkpoints/step_000100.pt ...   model, optimizer, RNG and data position
             run.log                          the run's log
             heartbeat                        touched while training (unix time inside)
+            lock                             held (flock) by the process running it; its PID and host inside
+            set_aside/                       files found damaged on resume (metrics/, checkpoints/), kept
             COMPLETE                         marker, written last: the run finished and its files are final
+
+Every file but the log and the heartbeat is written durably (`ndt.storage.durable`): temporary
+file, fsync, rename, directory fsync.
 
 ``run.json`` keys (at least): status ("running", "complete", "failed", "skipped"), arch, dataset, seed,
 family, depth, width, params, final_accuracy, n_measurements, device, git_commit, versions, timings,
 config (the resolved config), error (failed/skipped runs: the reason), slurm (job ids, under SLURM),
-layers and n_layers (complete runs).
+layers and n_layers (complete runs), segments (one entry per process that trained the run: a resumed
+run has several; device, git_commit and versions above are the last segment's).
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from ndt.storage.durable import write_text_durably
+
 METRICS_DIR = "metrics"
 RUN_JSON = "run.json"
 CHECKPOINT_DIR = "checkpoints"
@@ -32,6 +40,10 @@ LOG_FILE = "run.log"
 DONE_MARKER = "COMPLETE"
 #: Touched at every checkpoint and log line while the run trains; a stale one means the process died.
 HEARTBEAT = "heartbeat"
+#: The run's lock file (see `ndt.storage.lock`).
+LOCK_FILE = "lock"
+#: Damaged files found on resume are moved here (same relative path), never deleted.
+SET_ASIDE_DIR = "set_aside"
 
 #: Values of run.json's ``status``.
 STATUSES = ("running", "complete", "failed", "skipped")
@@ -84,11 +96,15 @@ def read_run_json(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def write_run_json(run_dir: str | os.PathLike[str], record: dict[str, Any]) -> None:
-    """Write run.json atomically (a reader sees the old or the new record, never half of one)."""
-    path = Path(run_dir) / RUN_JSON
-    tmp = path.with_name(f".{RUN_JSON}.tmp")
-    tmp.write_text(json.dumps(record, indent=2, sort_keys=False, default=str) + "\n")
-    os.replace(tmp, path)
+    """Write run.json atomically and durably (a reader sees the old or the new record, never half)."""
+    write_text_durably(
+        Path(run_dir) / RUN_JSON, json.dumps(record, indent=2, sort_keys=False, default=str) + "\n"
+    )
+
+
+def write_done_marker(run_dir: str | os.PathLike[str], status: str) -> None:
+    """Write the COMPLETE marker (its text: the final status), durably: the last write of a run."""
+    write_text_durably(Path(run_dir) / DONE_MARKER, f"{status}\n")
 
 
 def is_complete(run_dir: str | os.PathLike[str]) -> bool:

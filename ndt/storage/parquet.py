@@ -1,8 +1,11 @@
 """Streaming metric rows to Parquet in closed, always-readable pieces.
 
 A metrics store is a directory of part files (``part-00000.parquet``, ``part-00001.parquet``, ...),
-each written whole to a hidden temporary name and renamed into place, so a reader never sees a
-half-written file and a crash loses at most the rows not yet flushed. ``pandas.read_parquet(path)``
+each written whole to a hidden temporary name, fsynced and renamed into place (`ndt.storage.durable`), so
+a reader never sees a half-written file and a crash, a power loss included, loses at most the rows not
+yet flushed. A part that cannot be read (a disk fault, a copy cut short) is named in the error of
+`read_metrics` and, when a run resumes, moved aside by `set_aside_unreadable_parts` so that the run
+recomputes its rows. ``pandas.read_parquet(path)``
 reads the directory; `read_metrics` does too and also checks the schema and sorts the rows.
 
 Rows are buffered as numpy columns and turned into one Arrow table per flush: no per-row Python objects.
@@ -21,6 +24,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from ndt.storage.durable import fsync_dir, replace_durably
 from ndt.storage.schema import COLUMNS, METRICS_SCHEMA
 
 PART_GLOB = "part-*.parquet"
@@ -36,10 +40,57 @@ def list_parts(path: str | os.PathLike[str]) -> list[Path]:
 
 
 def _atomic_write(table: pa.Table, dest: Path) -> None:
-    # A leading dot hides the temporary from pyarrow/pandas readers (their default ignore_prefixes).
-    tmp = dest.with_name(f".{dest.name}.tmp")
-    pq.write_table(table, tmp, compression="zstd")
-    os.replace(tmp, dest)  # atomic on POSIX: the part appears complete or not at all
+    # The temporary's leading dot hides it from pyarrow/pandas readers (their default ignore_prefixes);
+    # the rename is atomic and, with the fsyncs, durable: the part appears complete or not at all.
+    replace_durably(lambda tmp: pq.write_table(table, tmp, compression="zstd"), dest)
+
+
+class UnreadablePartError(ValueError):
+    """A part file of a metrics store cannot be read as a metrics table; `path` names it."""
+
+    def __init__(self, path: Path, cause: BaseException) -> None:
+        super().__init__(
+            f"metric part {path} cannot be read ({type(cause).__name__}: {cause}); resuming the run sets "
+            "it aside and recomputes its rows"
+        )
+        self.path = path
+
+
+def check_part(path: Path) -> None:
+    """Read one part whole (footer, schema, every page); raise `UnreadablePartError` if that fails."""
+    try:
+        pq.read_table(path, schema=METRICS_SCHEMA)
+    except Exception as err:  # pyarrow raises ArrowInvalid, OSError, ... for damaged files
+        raise UnreadablePartError(path, err) from err
+
+
+def set_aside_unreadable_parts(path: str | os.PathLike[str], aside_dir: str | os.PathLike[str]) -> list[Path]:
+    """Move every part of a store that fails `check_part` into `aside_dir`.
+
+    Args:
+        path: the metrics store.
+        aside_dir: where unreadable parts go (created if needed); a name taken there gets a suffix.
+
+    Returns:
+        The new paths of the parts moved, in part order (empty when every part reads).
+    """
+    moved = []
+    for part in list_parts(path):
+        try:
+            check_part(part)
+        except UnreadablePartError:
+            dest_dir = Path(aside_dir)
+            dest_dir.mkdir(parents=True, exist_ok=True)
+            dest = dest_dir / part.name
+            n = 1
+            while dest.exists():
+                dest = dest_dir / f"{part.name}.{n}"
+                n += 1
+            os.replace(part, dest)
+            fsync_dir(part.parent)
+            fsync_dir(dest_dir)
+            moved.append(dest)
+    return moved
 
 
 def rows_to_table(columns: Mapping[str, Sequence[object] | np.ndarray]) -> pa.Table:
@@ -95,7 +146,7 @@ class MetricsWriter:
             return
         self.path.mkdir(parents=True, exist_ok=True)
         for stray in self.path.glob(".part-*.tmp"):  # left by a crash during a write: never complete
-            stray.unlink()
+            stray.unlink(missing_ok=True)
         parts = list_parts(self.path)
         if parts and resume_after_step is None:
             raise FileExistsError(
@@ -116,6 +167,7 @@ class MetricsWriter:
                 continue
             if kept.num_rows == 0:
                 part.unlink()
+                fsync_dir(part.parent)
             else:
                 _atomic_write(kept, part)
 
@@ -238,4 +290,10 @@ def read_metrics(path: str | os.PathLike[str], columns: Sequence[str] | None = N
         raise FileNotFoundError(f"no metrics at {p}: expected a directory of part-*.parquet files")
     if p.is_dir() and not list_parts(p):
         return empty_frame(columns)
-    return _to_frame(_read_table(p, columns))
+    try:
+        return _to_frame(_read_table(p, columns))
+    except (OSError, pa.ArrowException):
+        # Name the part that fails instead of pyarrow's generic message (tables list the run as unreadable).
+        for part in list_parts(p) if p.is_dir() else [p]:
+            check_part(part)
+        raise

@@ -1,0 +1,446 @@
+"""Causal tests between two states of a network: does the change at a layer matter for what it does?
+
+Given the model *before* and *after* a moment of training (e.g. a dimensionality jump) and a labelled
+probe batch, three interventions, each measured as a change of the probe's cross-entropy loss and
+accuracy (eval mode, no grad):
+
+1. **Output patching** (`patch_outputs`): run *after* with one layer's output replaced by *before*'s
+   output on the same inputs (and the reverse: *before* with *after*'s output). Everything downstream
+   of the layer is recomputed; everything upstream is replaced, so the effect grows along the network
+   and the *first* layer whose patch recovers most of the change localises it: the change lies at that
+   layer or between it and the previous measured layer (`localise`).
+2. **Weight patching** (same table): *after* with one layer's own parameters set back to *before*'s.
+   It isolates that layer's own change, which output patching cannot.
+3. **Direction ablation** (`ablate_directions`): the subspace the moment added to a layer (`added_directions`:
+   the top-k principal directions of the after-activations outside the before-activations' principal
+   subspace) is mean-ablated at the after-step: each sample's component along those directions is
+   replaced by its probe mean (so the layer's mean output is kept; zeroing would also shift it). The
+   effect is compared with mean-ablating k random orthonormal directions of the same layer
+   (``n_random`` seeded draws): z = (effect - mean(random)) / sd(random).
+
+Layer outputs are read on their feature axis: the last axis of (B, F) and (B, S, F) outputs, the
+channel axis of (B, C, *spatial) conv outputs (each position then counts as a sample). Tuple outputs
+(e.g. ``nn.MultiheadAttention``'s) are patched and ablated in their first element.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+#: A layer's ablation counts as significant above this z (random directions give |z| ~ 1).
+Z_SIGNIFICANT = 3.0
+#: A patch "recovers" the change when it moves the loss by at least this share of the total change.
+RECOVERED_SHARE = 0.5
+
+
+@dataclass(frozen=True)
+class Behaviour:
+    """What a model does on the probe.
+
+    Attributes:
+        loss: mean cross-entropy (nats).
+        accuracy: top-1 accuracy in [0, 1].
+        class_accuracy: (classes,) accuracy per true class (NaN for a class absent from the probe).
+    """
+
+    loss: float
+    accuracy: float
+    class_accuracy: np.ndarray
+
+
+def _module(model: nn.Module, name: str) -> nn.Module:
+    modules = dict(model.named_modules())
+    if name not in modules:
+        raise KeyError(
+            f"no module named {name!r} in {type(model).__name__}; available: {[n for n in modules if n]}"
+        )
+    return modules[name]
+
+
+def _first(output: object) -> torch.Tensor:
+    """The tensor a layer's output stands for (the first element of a tuple output)."""
+    out = output[0] if isinstance(output, tuple | list) else output
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(f"layer output is {type(out).__name__}, not a tensor")
+    return out
+
+
+def _with_first(output: object, new: torch.Tensor) -> object:
+    """`output` with its tensor replaced by `new` (tuples keep their other elements)."""
+    if isinstance(output, tuple):
+        return (new, *output[1:])
+    if isinstance(output, list):
+        return [new, *output[1:]]
+    return new
+
+
+@contextmanager
+def replaced_output(
+    model: nn.Module, layer: str, fn: Callable[[torch.Tensor], torch.Tensor]
+) -> Iterator[None]:
+    """Inside the block, `layer`'s output is ``fn(output)`` (a forward hook, removed on exit)."""
+    handle = _module(model, layer).register_forward_hook(
+        lambda _m, _i, out: _with_first(out, fn(_first(out)))
+    )
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+@torch.no_grad()
+def layer_outputs(model: nn.Module, x: torch.Tensor, layers: Sequence[str]) -> dict[str, torch.Tensor]:
+    """Each layer's full output tensor on `x` (eval mode; the model's train flag is restored)."""
+    store: dict[str, torch.Tensor] = {}
+    handles = [
+        _module(model, name).register_forward_hook(
+            lambda _m, _i, out, name=name: store.__setitem__(name, _first(out).detach().clone())
+        )
+        for name in layers
+    ]
+    was_training = model.training
+    try:
+        model.eval()
+        model(x)
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    missing = [n for n in layers if n not in store]
+    if missing:
+        raise ValueError(f"layers {missing} did not run in the forward pass; choose layers the model calls")
+    return store
+
+
+@torch.no_grad()
+def behaviour(model: nn.Module, x: torch.Tensor, y: torch.Tensor, n_classes: int | None = None) -> Behaviour:
+    """Loss, accuracy and per-class accuracy of `model` on (x, y), in eval mode (flag restored).
+
+    Args:
+        model: a classifier returning (B, classes) logits.
+        x: (B, ...) inputs.
+        y: (B,) integer classes.
+        n_classes: length of ``class_accuracy`` (default: the logits' width).
+    """
+    was_training = model.training
+    try:
+        model.eval()
+        logits = model(x).double()
+    finally:
+        model.train(was_training)
+    loss = float(nn.functional.cross_entropy(logits, y.to(logits.device)))
+    pred = logits.argmax(dim=1).cpu().numpy()
+    labels = y.cpu().numpy()
+    k = n_classes or logits.shape[1]
+    per_class = np.array(
+        [(pred[labels == c] == c).mean() if (labels == c).any() else np.nan for c in range(k)]
+    )
+    return Behaviour(loss=loss, accuracy=float((pred == labels).mean()), class_accuracy=per_class)
+
+
+def feature_matrix(output: torch.Tensor) -> torch.Tensor:
+    """(n, F) float64 rows of a layer output on its feature axis (see the module docstring)."""
+    if output.ndim == 2:
+        return output.double()
+    if output.ndim == 3:
+        return output.reshape(-1, output.shape[-1]).double()  # (B, S, F): every token a row
+    return output.movedim(1, -1).reshape(-1, output.shape[1]).double()  # (B, C, *spatial): every position
+
+
+def _feature_axis(output: torch.Tensor) -> int:
+    return 1 if output.ndim >= 4 else output.ndim - 1
+
+
+def mean_ablate(output: torch.Tensor, directions: torch.Tensor, means: torch.Tensor) -> torch.Tensor:
+    """Replace each sample's component along `directions` by `means`.
+
+    Args:
+        output: a layer output (feature axis as in the module docstring).
+        directions: (k, F) orthonormal rows.
+        means: (k,) the probe mean of each component.
+    """
+    axis = _feature_axis(output)
+    moved = output.movedim(axis, -1)
+    d = directions.to(moved.dtype)
+    coef = moved @ d.T  # (..., k)
+    ablated = moved - (coef - means.to(moved.dtype)) @ d
+    return ablated.movedim(-1, axis)
+
+
+def added_directions(before: np.ndarray, after: np.ndarray, k: int, energy: float = 0.99) -> np.ndarray:
+    """The top-k principal directions of `after` outside the principal subspace of `before`.
+
+    The before-subspace is spanned by the fewest principal directions of the centred `before` holding
+    `energy` of its variance; the centred `after` is projected onto its orthogonal complement and the
+    top-k right singular vectors of what remains are returned.
+
+    Args:
+        before, after: (n, F) activations of one layer on the same probe.
+        k: number of directions, 1 <= k <= F.
+        energy: share of the before-variance whose subspace counts as already present.
+
+    Returns:
+        (k, F) orthonormal rows.
+    """
+    n_features = before.shape[1]
+    if not 1 <= k <= n_features:
+        raise ValueError(f"k must be in 1..{n_features} (the layer's width), got {k}")
+    b = before - before.mean(axis=0)
+    a = after - after.mean(axis=0)
+    _, s, vt = np.linalg.svd(b, full_matrices=False)
+    cum = np.cumsum(s**2) / max(float((s**2).sum()), np.finfo(float).tiny)
+    r = min(int(np.searchsorted(cum, energy) + 1), n_features - k) if (s**2).sum() > 0 else 0
+    basis = vt[:r]  # (r, F)
+    resid = a - (a @ basis.T) @ basis
+    _, _, vt_resid = np.linalg.svd(resid, full_matrices=True)
+    dirs = vt_resid[:k]
+    # Re-orthogonalise against the before-subspace: when the residual is (numerically) zero its
+    # singular vectors are arbitrary and may lie inside it.
+    dirs = dirs - (dirs @ basis.T) @ basis
+    q, _ = np.linalg.qr(dirs.T)
+    return np.asarray(q.T[:k])
+
+
+def random_directions(n_features: int, k: int, rng: np.random.Generator) -> np.ndarray:
+    """(k, F) random orthonormal rows (QR of a Gaussian matrix: uniform on the Stiefel manifold)."""
+    q, r = np.linalg.qr(rng.standard_normal((n_features, k)))
+    return np.asarray((q * np.sign(np.diag(r))).T)
+
+
+def _ablated_behaviour(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, layer: str, output: torch.Tensor, dirs: np.ndarray
+) -> Behaviour:
+    d = torch.as_tensor(dirs, dtype=torch.float64, device=output.device)
+    means = feature_matrix(output).mean(dim=0) @ d.T  # (k,) probe mean of each component
+    with replaced_output(model, layer, lambda out: mean_ablate(out, d, means).to(out.dtype)):
+        return behaviour(model, x, y)
+
+
+def ablate_directions(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    layer: str,
+    directions: np.ndarray,
+    *,
+    n_random: int = 20,
+    seed: int = 0,
+) -> dict[str, float | np.ndarray]:
+    """Mean-ablate `directions` of `layer` and compare with random directions of the same number.
+
+    Args:
+        model: the network (after-step).
+        x, y: the probe.
+        layer: module name.
+        directions: (k, F) orthonormal rows in the layer's feature space.
+        n_random: random draws (>= 2).
+        seed: seed of the random directions.
+
+    Returns:
+        {"effect": loss increase from ablating `directions`, "accuracy_drop", "random_mean",
+        "random_sd", "z", "class_accuracy_change": (classes,) array, "k"}.
+    """
+    if n_random < 2:
+        raise ValueError(f"n_random must be >= 2 to estimate the spread of random ablations, got {n_random}")
+    base = behaviour(model, x, y)
+    output = layer_outputs(model, x, [layer])[layer]
+    ablated = _ablated_behaviour(model, x, y, layer, output, directions)
+    rng = np.random.default_rng(seed)
+    k, n_features = directions.shape
+    rand = np.array(
+        [
+            _ablated_behaviour(model, x, y, layer, output, random_directions(n_features, k, rng)).loss
+            - base.loss
+            for _ in range(n_random)
+        ]
+    )
+    effect = ablated.loss - base.loss
+    sd = float(rand.std(ddof=1))
+    # A floor on the spread: identical random effects (e.g. a layer the output ignores) would divide by 0.
+    z = (effect - float(rand.mean())) / max(sd, 1e-12 * max(1.0, abs(effect)))
+    return {
+        "effect": effect,
+        "accuracy_drop": base.accuracy - ablated.accuracy,
+        "random_mean": float(rand.mean()),
+        "random_sd": sd,
+        "z": float(z),
+        "class_accuracy_change": ablated.class_accuracy - base.class_accuracy,
+        "k": k,
+    }
+
+
+@contextmanager
+def _weights_from(target: nn.Module, source: nn.Module, layer: str) -> Iterator[None]:
+    """Inside the block, `target`'s `layer` holds `source`'s parameters and buffers (restored after)."""
+    t_mod, s_mod = _module(target, layer), _module(source, layer)
+    saved = {k: v.detach().clone() for k, v in t_mod.state_dict().items()}
+    with torch.no_grad():
+        t_mod.load_state_dict(s_mod.state_dict())
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            t_mod.load_state_dict(saved)
+
+
+def _constant(value: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """An output replacement that ignores the layer's own output."""
+    return lambda _out: value
+
+
+def patch_outputs(
+    before: nn.Module, after: nn.Module, x: torch.Tensor, y: torch.Tensor, layers: Sequence[str]
+) -> pd.DataFrame:
+    """Output and weight patching of every layer between two states of one network.
+
+    Args:
+        before, after: the network at the two moments (same architecture).
+        x, y: the probe.
+        layers: module names, in model order.
+
+    Returns:
+        One row per layer: layer; loss_after_patched (after with before's output at the layer) and its
+        share of the total change, share_after = (loss_after_patched - loss_after) / (loss_before -
+        loss_after); loss_before_patched and share_before (the reverse); loss_own_weights and
+        share_own_weights (after with the layer's own parameters from before); accuracy columns alike.
+        NaN shares when the two states behave the same (no change to explain).
+    """
+    b_beh, a_beh = behaviour(before, x, y), behaviour(after, x, y)
+    total = b_beh.loss - a_beh.loss
+    out_b, out_a = layer_outputs(before, x, layers), layer_outputs(after, x, layers)
+
+    def share(loss: float, base: float, sign: float) -> float:
+        return sign * (loss - base) / total if abs(total) > 1e-12 else float("nan")
+
+    rows = []
+    for name in layers:
+        with replaced_output(after, name, _constant(out_b[name])):
+            pa = behaviour(after, x, y)
+        with replaced_output(before, name, _constant(out_a[name])):
+            pb = behaviour(before, x, y)
+        pw: Behaviour | None = None
+        if any(True for _ in _module(after, name).parameters()):
+            with _weights_from(after, before, name):
+                pw = behaviour(after, x, y)
+        rows.append(
+            {
+                "layer": name,
+                "loss_after_patched": pa.loss,
+                "share_after": share(pa.loss, a_beh.loss, 1.0),
+                "accuracy_after_patched": pa.accuracy,
+                "loss_before_patched": pb.loss,
+                "share_before": share(pb.loss, b_beh.loss, -1.0),
+                "accuracy_before_patched": pb.accuracy,
+                "loss_own_weights": pw.loss if pw else float("nan"),
+                "share_own_weights": share(pw.loss, a_beh.loss, 1.0) if pw else float("nan"),
+                "accuracy_own_weights": pw.accuracy if pw else float("nan"),
+            }
+        )
+    df = pd.DataFrame(rows)
+    df.attrs.update(
+        loss_before=b_beh.loss, loss_after=a_beh.loss, acc_before=b_beh.accuracy, acc_after=a_beh.accuracy
+    )
+    return df
+
+
+def localise(patching: pd.DataFrame, share: float = RECOVERED_SHARE) -> str | None:
+    """The first layer (model order) whose output patch recovers at least `share` of the change, or None."""
+    hit = patching[patching["share_after"] >= share]
+    return None if hit.empty else str(hit["layer"].iloc[0])
+
+
+def default_k(before: np.ndarray, after: np.ndarray, max_k: int = 8) -> int:
+    """k from the metric change: the rise in cumulative_energy_90 (directions needed for 90% of the
+    energy) from before to after, at least 1 and at most `max_k` (and the layer's width)."""
+    from ndt.measure.spectrum import compute_metrics
+
+    ce = [compute_metrics(m, center=True, metrics=["cumulative_energy_90"]) for m in (before, after)]
+    rise = float(ce[1]["cumulative_energy_90"]) - float(ce[0]["cumulative_energy_90"])  # type: ignore[arg-type]
+    return int(min(max(1, round(rise)), max_k, before.shape[1]))
+
+
+def causal_table(
+    before: nn.Module,
+    after: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    layers: Sequence[str],
+    *,
+    k: int | None = None,
+    n_random: int = 20,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Patching and direction ablation for every layer (see the module docstring).
+
+    Args:
+        before, after: the network at the two moments.
+        x, y: the probe (inputs, integer classes).
+        layers: module names in model order.
+        k: directions ablated per layer; None: `default_k` per layer.
+        n_random: random-direction draws per layer.
+        seed: seed of the random directions.
+
+    Returns:
+        `patch_outputs`'s columns plus, per layer: k, ablation_effect (loss increase), ablation_accuracy_drop,
+        random_mean, random_sd, ablation_z, worst_class and worst_class_change (the class whose accuracy
+        fell most under the ablation, and by how much). ``attrs`` keep the probe's losses and accuracies.
+    """
+    table = patch_outputs(before, after, x, y, layers)
+    out_b, out_a = layer_outputs(before, x, layers), layer_outputs(after, x, layers)
+    extra = []
+    for name in layers:
+        fb, fa = feature_matrix(out_b[name]).cpu().numpy(), feature_matrix(out_a[name]).cpu().numpy()
+        k_layer = min(k, fa.shape[1]) if k is not None else default_k(fb, fa)
+        dirs = added_directions(fb, fa, k_layer)
+        abl = ablate_directions(after, x, y, name, dirs, n_random=n_random, seed=seed)
+        change = np.asarray(abl["class_accuracy_change"], dtype=np.float64)
+        worst = int(np.nanargmin(change)) if np.isfinite(change).any() else -1
+        extra.append(
+            {
+                "k": k_layer,
+                "ablation_effect": abl["effect"],
+                "ablation_accuracy_drop": abl["accuracy_drop"],
+                "random_mean": abl["random_mean"],
+                "random_sd": abl["random_sd"],
+                "ablation_z": abl["z"],
+                "worst_class": worst,
+                "worst_class_change": float(change[worst]) if worst >= 0 else float("nan"),
+            }
+        )
+    out = pd.concat([table, pd.DataFrame(extra)], axis=1)
+    out.attrs.update(table.attrs)
+    return out
+
+
+def layer_verdict(row: pd.Series, control: pd.Series | None = None) -> str:
+    """A plain-words verdict for one layer's row of `causal_table` (and the same layer's control row).
+
+    "effect" when the layer's own weights carry at least half of the change, or ablating its added
+    directions is significant (z >= `Z_SIGNIFICANT`); "no effect" otherwise. With a control (the same
+    analysis over an ordinary stretch of training as long), it says whether the event's ablation z
+    exceeds the control's.
+    """
+    own = row.get("share_own_weights")
+    z = float(row["ablation_z"])
+    parts = []
+    if pd.notna(own):
+        parts.append(f"its own weights carry {100 * float(own):.0f}% of the loss change")
+    parts.append(
+        f"ablating its {int(row['k'])} added direction(s) changes the loss by {row['ablation_effect']:+.3g} (z = {z:.1f} against random directions)"
+    )
+    matters = (pd.notna(own) and float(own) >= RECOVERED_SHARE) or z >= Z_SIGNIFICANT
+    verdict = "effect" if matters else "no effect"
+    if control is not None:
+        zc = float(control["ablation_z"])
+        more = z > zc and matters
+        parts.append(
+            f"{'more' if more else 'not more'} than an ordinary stretch of training (control z = {zc:.1f})"
+        )
+    return f"{verdict}: " + "; ".join(parts)
