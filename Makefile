@@ -18,6 +18,12 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 install: $(VENV)/.installed ## create .venv and install ndt (torch/torchvision pinned by constraints.txt)
 
+$(VENV)/.integrations: $(VENV)/.installed
+	$(PY) -m pip install -c constraints.txt -e ".[dev,view,integrations]"
+	touch $@
+
+install-integrations: $(VENV)/.integrations ## also install the optional frameworks: Lightning, transformers, TensorBoard, W&B, MLflow (CI does)
+
 run: install ## train the default experiment (mlp_narrow on the embedded digits data) and print where results are
 	$(PY) -m ndt.run
 
@@ -68,4 +74,4 @@ clean: ## remove caches and build files (keeps results/ and .venv)
 	rm -rf .pytest_cache .mypy_cache .ruff_cache build dist *.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
-.PHONY: help install run smoke sweep test test-fast lint format bench tables status view investigate import-legacy validate-detector clean
+.PHONY: help install install-integrations run smoke sweep test test-fast lint format bench tables status view investigate import-legacy validate-detector clean

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -54,3 +56,14 @@ def run_ndt(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str
     return subprocess.run(
         ndt_run_cmd(*args), cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=timeout
     )
+
+
+def import_extra(name: str, extra: str) -> Any:
+    """Import an optional framework for its tests; skip them without it.
+
+    CI sets ``NDT_REQUIRE_EXTRAS=1`` (it installs every extra): a missing one then fails instead of
+    skipping quietly.
+    """
+    if os.environ.get("NDT_REQUIRE_EXTRAS") == "1":
+        return importlib.import_module(name)
+    return pytest.importorskip(name, reason=f"the {extra} extra is not installed: pip install 'ndt[{extra}]'")

@@ -25,7 +25,9 @@ WIDTH = 32
 def planted() -> tuple[nn.Module, nn.Module, torch.Tensor, torch.Tensor, np.ndarray]:
     """(before, after, x, y, d): see the module docstring."""
     g = torch.Generator().manual_seed(0)
-    before = nn.Sequential(nn.Linear(6, WIDTH), nn.ReLU(), nn.Linear(WIDTH, WIDTH), nn.Linear(WIDTH, 3)).double()
+    before = nn.Sequential(
+        nn.Linear(6, WIDTH), nn.ReLU(), nn.Linear(WIDTH, WIDTH), nn.Linear(WIDTH, 3)
+    ).double()
     q, _ = torch.linalg.qr(torch.randn(WIDTH, 4, generator=g, dtype=torch.float64))
     basis, d = q[:, :3], q[:, 3]  # (32, 3) the before-subspace, (32,) the planted direction
     with torch.no_grad():
@@ -115,7 +117,9 @@ def test_mean_ablation_by_hand() -> None:
     conv = torch.zeros(1, 2, 2, 2, dtype=torch.float64)
     conv[0, 0] = 5.0  # channel 0 everywhere 5
     got = causal.mean_ablate(conv, d, torch.tensor([1.0], dtype=torch.float64))
-    assert torch.equal(got[0, 0], torch.ones(2, 2, dtype=torch.float64)) and torch.equal(got[0, 1], conv[0, 1])
+    assert torch.equal(got[0, 0], torch.ones(2, 2, dtype=torch.float64)) and torch.equal(
+        got[0, 1], conv[0, 1]
+    )
 
 
 def test_random_directions_are_orthonormal_and_seeded() -> None:

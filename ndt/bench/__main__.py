@@ -1,4 +1,4 @@
-"""`python -m ndt.bench [kernel] [overhead] [conv] [runs] [aggregate] [view]`: print the benchmark ratios measured in this run."""
+"""`python -m ndt.bench [kernel] [overhead] [conv] [callbacks] [runs] [aggregate] [view]`: print the benchmark ratios measured in this run."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from ndt.bench.runs import bench_runs, report_runs
 from ndt.bench.timing import machine_line
 from ndt.bench.view import bench_view, report_view
 
-BENCHES = ("kernel", "overhead", "conv", "runs", "aggregate", "view")
+BENCHES = ("kernel", "overhead", "conv", "callbacks", "runs", "aggregate", "view")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -34,6 +34,15 @@ def main(argv: list[str] | None = None) -> None:
             print(report_overhead(bench_overhead(device="cuda")), flush=True)
     if "conv" in which:
         print(report_conv(bench_conv()), flush=True)
+    if "callbacks" in which:
+        try:
+            import lightning  # noqa: F401
+        except ImportError:
+            print("callback overhead: skipped (pip install 'ndt[lightning]', or make install-integrations)")
+        else:
+            from ndt.bench.callbacks import bench_callbacks, report_callbacks
+
+            print(report_callbacks(bench_callbacks()), flush=True)
     if "runs" in which:
         print(report_runs(bench_runs()), flush=True)
     if "aggregate" in which:

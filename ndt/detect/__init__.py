@@ -6,6 +6,8 @@ all use it. Each detector is chosen by name from `DETECTORS`:
 - ``study``: the study's smoothed-gradient z > 2 detector, exactly (`ndt.detect.study`); it reproduces
   the paper's appendix.
 - ``robust``: level shifts against a robust noise scale (`ndt.detect.robust`).
+- ``changepoint``: transitions as fast stretches of a penalised piecewise-linear fit, in training
+  steps, with the escape from initialisation set apart (`ndt.detect.changepoint`).
 
 `DEFAULT_DETECTOR` names the one used wherever no detector is given.
 """
@@ -17,6 +19,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from ndt.detect.changepoint import ChangepointDetector, detect_jumps_changepoint
 from ndt.detect.events import EventKind, Jump, JumpEvent, Jumps
 from ndt.detect.robust import RobustJumpDetector, detect_jumps_robust
 from ndt.detect.study import JumpDetector, detect_jumps
@@ -34,6 +37,7 @@ class Detector(Protocol):
 DETECTORS: dict[str, Callable[..., Detector]] = {
     "study": JumpDetector,
     "robust": RobustJumpDetector,
+    "changepoint": ChangepointDetector,
 }
 
 #: The detector used wherever none is named.
@@ -60,6 +64,7 @@ def get_detector(name: str | Detector | None = None, **params: Any) -> Detector:
 __all__ = [
     "DEFAULT_DETECTOR",
     "DETECTORS",
+    "ChangepointDetector",
     "Detector",
     "EventKind",
     "Jump",
@@ -68,6 +73,7 @@ __all__ = [
     "Jumps",
     "RobustJumpDetector",
     "detect_jumps",
+    "detect_jumps_changepoint",
     "detect_jumps_robust",
     "get_detector",
 ]

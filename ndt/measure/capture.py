@@ -42,7 +42,7 @@ from __future__ import annotations
 import functools
 import logging
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal
 
 import torch
@@ -190,7 +190,9 @@ def reduce_output(
 ) -> torch.Tensor | None:
     """Turn one module output into a (n, k) matrix, or None when it holds no tensor.
 
-    Tuples (e.g. ``nn.MultiheadAttention``'s ``(output, weights)``) contribute their first element.
+    Tuples (e.g. ``nn.MultiheadAttention``'s ``(output, weights)``, Hugging Face attention modules'
+    ``(attn_output, attn_weights)``) contribute their first element; mappings (Hugging Face
+    ``ModelOutput``s) their first non-scalar tensor (``logits`` after a 0-d ``loss``).
 
     Args:
         output: the module's output.
@@ -198,6 +200,8 @@ def reduce_output(
         sequence_reduction, conv_reduction, max_rows: see the module docstring.
         padding: (B, S) bool, True at padding positions of (B, S, F) outputs; None: no padding.
     """
+    if isinstance(output, Mapping):
+        output = next((v for v in output.values() if isinstance(v, torch.Tensor) and v.ndim > 0), None)
     if isinstance(output, tuple | list):
         output = output[0] if output else None
     if not isinstance(output, torch.Tensor) or output.ndim == 0:

@@ -296,6 +296,7 @@ def metrics_from_stats(
     *,
     center: bool = False,
     metrics: Sequence[str] = METRIC_COLUMNS,
+    sample_sides: Sequence[bool] | None = None,
 ) -> tuple[dict[str, FloatArray], np.ndarray]:
     """Eigen-decompose L layers' Grams (batched by shape) and evaluate the chosen metrics on all at once.
 
@@ -306,6 +307,8 @@ def metrics_from_stats(
         center: the statistics are of column-centred activations (`gram_stats(center=True)`): their
             Gram is decomposed as it is and is its own centred Gram for ``pr_eigen``.
         metrics: names from `METRICS`.
+        sample_sides: (L,) whether each Gram is A A^T; default: n <= k, as `gram_stats` forms them
+            (statistics summed across ranks are feature-side whatever n; see `ndt.measure.distributed`).
 
     Returns:
         ({metric: (L,) float64}, finite) where finite is an (L,) bool mask; layers whose statistics
@@ -315,7 +318,8 @@ def metrics_from_stats(
     finite = np.array([bool(np.isfinite(f).all()) for f in flats], dtype=bool)
     groups: dict[tuple[int, bool], list[int]] = {}
     for i in np.flatnonzero(finite):
-        groups.setdefault((sizes[int(i)], bool(n_samples[i] <= n_features[i])), []).append(int(i))
+        side = bool(n_samples[i] <= n_features[i]) if sample_sides is None else bool(sample_sides[int(i)])
+        groups.setdefault((sizes[int(i)], side), []).append(int(i))
     m_max = max(sizes, default=1)
     # Eigenvalues zero-padded to m_max: zero singular values change no metric, and one (L, m_max)
     # array lets every metric run once for the whole batch.

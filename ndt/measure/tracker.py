@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import functools
 import logging
 import math
 import os
@@ -49,9 +48,9 @@ import time
 import uuid
 import warnings
 import weakref
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -68,8 +67,9 @@ from ndt.measure.capture import (
     PaddingMask,
     SequenceReduction,
 )
+from ndt.measure.distributed import DistributedContext
 from ndt.measure.series import layer_mean_series
-from ndt.measure.spectrum import GramStats, flat_size, gram_stats, metrics_from_stats, validate_metric_names
+from ndt.measure.spectrum import GramStats, flat_size, metrics_from_stats, validate_metric_names
 from ndt.storage.parquet import MetricsWriter
 from ndt.storage.schema import METRIC_COLUMNS
 
@@ -87,6 +87,18 @@ def steps_done_at(step: int, probe: bool) -> int:
 
 _DRAIN = "drain"  # worker-queue request: solve whatever is buffered now
 _STOP = "stop"  # worker-queue request: exit
+
+
+class RowSink(Protocol):
+    """Something that also receives the rows (a TensorBoard/W&B/MLflow adapter, `ndt.integrations.loggers`).
+
+    `log_rows` gets the columns of one batch of rows as `MetricsWriter.append` does, right after they
+    were handed to the writer; it must not raise (the tracker warns once and drops a sink that does).
+    """
+
+    def log_rows(self, columns: Mapping[str, Any]) -> None: ...
+
+    def close(self) -> None: ...
 
 
 @dataclass
@@ -114,10 +126,10 @@ class HighFrequencyTracker:
         sampling_frequency: measure at steps that are multiples of this (the study: 5).
         layers: which modules; see `ndt.measure.capture.select_layers` (default: every Linear/Conv
             output and each MultiheadAttention output).
-        probe: a fixed batch (a tensor, or a tuple/list whose first element is the input) measured
-            in eval mode under no_grad at each measured step, after that step's update; None measures
-            the training forward that preceded the step, before its update (no extra forward; see
-            `steps_done_at`).
+        probe: a fixed batch (a tensor, a tuple/list whose first element is the input, or a dict of
+            keyword inputs, as Hugging Face models take) measured in eval mode under no_grad at each
+            measured step, after that step's update; None measures the training forward that
+            preceded the step, before its update (no extra forward; see `steps_done_at`).
         metrics: names from `ndt.measure.spectrum.METRICS`; the other metric columns are left null.
         writer: a directory for the Parquet parts, a `MetricsWriter`, or None (rows kept in memory).
         run_id, arch, dataset, seed: identifiers written on every row (arch defaults to the model's
@@ -136,6 +148,11 @@ class HighFrequencyTracker:
         flush_every: measurements buffered before a Parquet part is written.
         background: solve spectra on a worker thread; default: on CUDA only.
         elapsed: seconds the run already spent before this tracker (a resumed run), added to wall_time.
+        loggers: `RowSink`s that receive every row too (TensorBoard, W&B, MLflow); Parquet stays the
+            source of truth. They are closed with the tracker.
+        distributed: measure with the other ranks of torch.distributed (see `ndt.measure.distributed`):
+            None: when a process group of more than one process is initialised; False: this process
+            alone, with no collectives.
 
     Use it as a context manager, or call `close()`, so the last rows reach disk.
     """
@@ -162,11 +179,15 @@ class HighFrequencyTracker:
         flush_every: int = 50,
         background: bool | None = None,
         elapsed: float = 0.0,
+        loggers: Sequence[RowSink] = (),
+        distributed: bool | None = None,
     ) -> None:
         if sampling_frequency < 1:
             raise ValueError(
                 f"sampling_frequency must be a positive number of steps, got {sampling_frequency}"
             )
+        self.dist = DistributedContext.detect(model, distributed)
+        model = self.dist.inner  # hooks, probe and gradients on the inner module (names without ``module.``)
         self.model = model
         self.sampling_frequency = int(sampling_frequency)
         self.metrics = validate_metric_names(metrics)
@@ -177,7 +198,10 @@ class HighFrequencyTracker:
             "dataset": dataset,
             "seed": seed,
         }
+        if not self.dist.is_writer:
+            writer = None  # only rank 0 writes; the others keep nothing
         self.writer = writer if isinstance(writer, MetricsWriter) else MetricsWriter(writer, flush_every)
+        self.loggers = list(loggers) if self.dist.is_writer else []
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
         self.probe = self._probe_input(probe, device)
         self.capture = ActivationCapture(
@@ -188,8 +212,9 @@ class HighFrequencyTracker:
             max_rows=max_rows,
             hook_point=hook_point,
             padding_mask=padding_mask,
-            # centred on the activations (exact), where the Gram's rank-one correction would cancel
-            transform=functools.partial(gram_stats, center=center),
+            # centred on the activations (exact), where the Gram's rank-one correction would cancel;
+            # under torchrun without a probe, summable uncentred statistics (centred once reduced)
+            transform=self.dist.transform(probe=self.probe is not None, center=center),
             grad_enabled_only=self.probe is None,
         ).attach()
         self._layer_index = {name: i for i, name in enumerate(self.capture.layer_names)}
@@ -252,6 +277,14 @@ class HighFrequencyTracker:
         self.capture.clear()
         self.capture.enabled = self.probe is None and self.is_measured_step(step + 1)
         return measured
+
+    def prepare(self, step: int) -> None:
+        """Arm the hooks for the training forward of optimizer step `step` (before that forward).
+
+        `log` arms step + 1 itself; a framework callback whose step numbers may skip (several
+        optimizers, gradient accumulation) calls this before each batch instead.
+        """
+        self.capture.enabled = self.probe is None and self.is_measured_step(step)
 
     def measure_now(self, step: int, loss: float | torch.Tensor | None = None) -> None:
         """Measure at `step` regardless of the sampling frequency (needs a probe)."""
@@ -316,6 +349,8 @@ class HighFrequencyTracker:
         finally:
             self.capture.remove()
             self.writer.close()
+            for sink in self.loggers:
+                self._to_sink(sink, "close")
             self.closed = True
             _OPEN_TRACKERS.discard(self)
 
@@ -335,22 +370,31 @@ class HighFrequencyTracker:
     # ------------------------------------------------------------------ internals
 
     @staticmethod
-    def _probe_input(probe: torch.Tensor | Sequence[Any] | None, device: torch.device) -> torch.Tensor | None:
+    def _probe_input(
+        probe: torch.Tensor | Sequence[Any] | Mapping[str, Any] | None, device: torch.device
+    ) -> torch.Tensor | dict[str, Any] | None:
         if probe is None:
             return None
+        if isinstance(probe, Mapping):  # keyword inputs (input_ids, attention_mask, ...)
+            return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in probe.items()}
         x = probe[0] if isinstance(probe, tuple | list) else probe
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"probe must be a tensor or (inputs, targets); got {type(x).__name__}")
         return x.to(device)
 
     def _run_probe(self) -> None:
+        if not self.dist.runs_probe():
+            return
         was_training = self.model.training
         self.capture.clear()
-        self.capture.enabled = True
+        self.capture.enabled = self.dist.is_writer  # other ranks only take part in FSDP's gathers
         try:
             self.model.eval()
             with torch.no_grad():
-                self.model(self.probe)
+                if isinstance(self.probe, dict):
+                    self.model(**self.probe)
+                else:
+                    self.model(self.probe)
         finally:
             self.capture.enabled = False
             self.model.train(was_training)
@@ -371,6 +415,20 @@ class HighFrequencyTracker:
         if self.probe is not None:
             self._run_probe()
         stats: dict[str, GramStats] = dict(self.capture.activations)
+        if self.dist.active:
+            # Every rank is here at the same step: one all-reduce, then only rank 0 goes on.
+            probe = self.probe is not None
+            names = [n for n in self.capture.layer_names if n in stats]
+            grad_sq = self.dist.grad_sq_contribution(self.model) if grad_norm is None else None
+            if grad_norm is not None:
+                grad_sq = torch.as_tensor(grad_norm, dtype=torch.float64) ** 2 / self.dist.world_size
+            device = next((p.device for p in self.model.parameters()), torch.device("cpu"))
+            stats, loss, grad_norm = self.dist.reduce(
+                stats, names, loss, grad_sq, device, with_stats=not probe, center=self.center
+            )
+            if not self.dist.is_writer:
+                self.n_measurements += 1
+                return
         if not stats:
             if not self._warned_missing:
                 warnings.warn(
@@ -434,6 +492,7 @@ class HighFrequencyTracker:
         if not batch:
             return
         flats, sizes, n_samples, n_features, losses, grad_norms, n_layers = [], [], [], [], [], [], []
+        sample_side: list[bool] = []
         for m in batch:
             if m.ready is not None:
                 m.ready.synchronize()  # this copy only; on the worker thread
@@ -446,6 +505,7 @@ class HighFrequencyTracker:
             losses.append(flat[offset])
             grad_norms.append(flat[offset + 1])
             sizes += m.sizes
+            sample_side += m.sample_side
             n_samples.append(m.n_samples)
             n_features.append(m.n_features)
             n_layers.append(len(m.sizes))
@@ -456,6 +516,7 @@ class HighFrequencyTracker:
             np.concatenate(n_features),
             center=self.center,
             metrics=self.metrics,
+            sample_sides=sample_side,
         )
         layers = np.concatenate([np.asarray(m.layers, dtype=object) for m in batch])
         steps = np.repeat([m.step for m in batch], n_layers)
@@ -469,22 +530,37 @@ class HighFrequencyTracker:
                     stacklevel=2,
                 )
         not_computed = np.full(len(layers), None, dtype=object)  # written as null
-        self.writer.append(
-            {
-                **self.run_info,
-                "step": steps,
-                "epoch": np.repeat([m.epoch for m in batch], n_layers),
-                "layer": layers,
-                "layer_index": np.concatenate([m.layer_index for m in batch]),
-                "n_samples": np.concatenate(n_samples),
-                "n_features": np.concatenate(n_features),
-                "loss": np.repeat(losses, n_layers),
-                "grad_norm": np.repeat(grad_norms, n_layers),
-                **{name: values.get(name, not_computed) for name in METRIC_COLUMNS},
-                "wall_time": np.repeat([m.wall_time for m in batch], n_layers),
-            },
-            measurements=len(batch),
-        )
+        columns = {
+            **self.run_info,
+            "step": steps,
+            "epoch": np.repeat([m.epoch for m in batch], n_layers),
+            "layer": layers,
+            "layer_index": np.concatenate([m.layer_index for m in batch]),
+            "n_samples": np.concatenate(n_samples),
+            "n_features": np.concatenate(n_features),
+            "loss": np.repeat(losses, n_layers),
+            "grad_norm": np.repeat(grad_norms, n_layers),
+            **{name: values.get(name, not_computed) for name in METRIC_COLUMNS},
+            "wall_time": np.repeat([m.wall_time for m in batch], n_layers),
+        }
+        self.writer.append(columns, measurements=len(batch))
+        for sink in list(self.loggers):
+            self._to_sink(sink, "log_rows", columns)
+
+    def _to_sink(self, sink: RowSink, method: str, *args: Any) -> None:
+        """Call a logger; one that fails is warned about once and dropped: training goes on."""
+        if sink not in self.loggers:
+            return
+        try:
+            getattr(sink, method)(*args)
+        except Exception as e:
+            self.loggers.remove(sink)
+            warnings.warn(
+                f"logger {type(sink).__name__} failed ({type(e).__name__}: {e}); it receives no more rows. "
+                "The Parquet rows are unaffected.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
 
     # Worker thread (CUDA by default): bounded queue so a slow host cannot hoard device memory.
 

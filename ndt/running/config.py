@@ -53,6 +53,7 @@ class TrackerConfig:
     conv_reduction: str = MISSING
     max_rows: int = MISSING
     hook_point: str = MISSING
+    loggers: list[str] = field(default_factory=list)  # ndt.integrations.loggers.LOGGERS
 
 
 def register_configs() -> None:

@@ -34,6 +34,7 @@ from torch import nn
 import ndt
 from ndt.data import EpochSampler, load_dataset
 from ndt.data.spec import dataset_spec
+from ndt.integrations.loggers import make_loggers
 from ndt.measure.tracker import HighFrequencyTracker
 from ndt.models import IncompatiblePairError, build_model, check_compatible, describe
 from ndt.running.checkpoint import (
@@ -79,6 +80,8 @@ EXPERIMENT_KEYS = (
     "optim",
     "protocol",
 )
+#: Keys under EXPERIMENT_KEYS that do not change the numbers (where else the rows are sent).
+NOT_EXPERIMENT_KEYS = ("tracker.loggers",)
 
 
 def _flatten(node: Any, prefix: str, out: dict[str, Any]) -> None:
@@ -97,7 +100,7 @@ def experiment_signature(config: dict[str, Any]) -> dict[str, Any]:
         for part in key.split("."):
             node = node.get(part) if isinstance(node, dict) else None
         _flatten(node, key, out)
-    return out
+    return {k: v for k, v in out.items() if not k.startswith(NOT_EXPERIMENT_KEYS)}
 
 
 def check_same_experiment(run_dir: Path, config: dict[str, Any]) -> None:
@@ -651,6 +654,12 @@ def _train(cfg: DictConfig, run_dir: Path, record: dict[str, Any]) -> dict[str, 
         padding_mask="auto" if cfg.tracker.mask_padding else None,  # the model declares its mask
         flush_every=cfg.tracker.flush_every,
         elapsed=elapsed,
+        loggers=make_loggers(
+            list(cfg.tracker.get("loggers") or []),
+            run_dir,
+            group=str(cfg.sweep_name),
+            resume_step=start_step if payload is not None else None,
+        ),
     )
     max_steps, every = int(cfg.trainer.max_steps), int(cfg.trainer.checkpoint.every)
     progress = Progress(cfg.trainer.progress, max_steps, start_step, cfg.trainer.log_every, run_dir.name)
