@@ -24,6 +24,10 @@ What happens at a measured step (a multiple of ``sampling_frequency``):
    cores); on CUDA on the worker thread.
 
 Between measured steps the hooks return at once: no copies, no synchronisation.
+
+Under torchrun (a DDP or FSDP2 model, every rank calling `log`), step 1 ends with one all-reduce
+across the ranks and only rank 0 goes on to steps 2 and 3; see `ndt.measure.distributed`. Loggers
+(`RowSink`s) receive each batch of rows in step 3, right after the writer.
 """
 
 from __future__ import annotations
@@ -294,7 +298,7 @@ class HighFrequencyTracker:
                 self._worker.join()
             self.capture.remove()
             self.writer.close()
-            for sink in self.loggers:
+            for sink in list(self.loggers):  # a failing one removes itself
                 self._to_sink(sink, "close")
             self.closed = True
 
