@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import dist_tracker_script as script
 import pandas as pd
@@ -105,3 +106,30 @@ def test_single_process_tracker_needs_no_process_group() -> None:
     assert not ctx.active and ctx.is_writer and ctx.world_size == 1
     with pytest.raises(RuntimeError, match="init_process_group"):
         DistributedContext.detect(nn.Linear(2, 2), enabled=True)
+
+
+@needs_gloo
+@pytest.mark.slow
+def test_runner_trains_with_ddp_under_torchrun_like_one_process(tmp_path: Path, compose_cfg: Any) -> None:
+    from ndt.running.train import run_dir_for, run_experiment
+    from ndt.storage.layout import read_run_json
+
+    tiny = ["trainer.max_steps=20", "trainer.checkpoint.every=10", "trainer.progress=log"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
+           "-m", "ndt.run", "trainer.strategy=ddp", *tiny, f"paths.results_dir={tmp_path / 'ddp'}",
+           f"paths.data_dir={tmp_path / 'data'}"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE.parent), "HYDRA_FULL_ERROR": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=400, cwd=HERE.parent)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    cfg = compose_cfg(*tiny)  # the same experiment, one process
+    assert run_experiment(cfg)["status"] == "complete"
+    ddp_dir = tmp_path / "ddp" / "single" / run_dir_for(cfg).name
+    assert read_run_json(ddp_dir)["status"] == "complete"
+    got, want = read_metrics(ddp_dir / "metrics"), read_metrics(run_dir_for(cfg) / "metrics")
+    assert (got.groupby(["step", "layer"]).size() == 1).all()
+    # The global batch split over 2 ranks, gradients averaged: one process's numbers up to rounding.
+    pd.testing.assert_frame_equal(
+        got[COMPARED].reset_index(drop=True), want[COMPARED].reset_index(drop=True),
+        check_exact=False, rtol=1e-5, atol=1e-7,
+    )  # fmt: skip

@@ -129,6 +129,7 @@ class Crash(pl.Callback):
             raise KeyboardInterrupt  # a kill, as Lightning sees one
 
 
+@pytest.mark.slow
 def test_resume_from_checkpoint_has_no_duplicate_or_missing_rows(tmp_path: Path) -> None:
     store, ckpts = tmp_path / "metrics", tmp_path / "ckpt"
     every = pl.callbacks.ModelCheckpoint(dirpath=ckpts, every_n_train_steps=20, save_top_k=-1)

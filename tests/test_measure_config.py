@@ -45,10 +45,14 @@ def test_a_misspelt_or_mistyped_tracker_key_fails_at_composition(
         compose_cfg("tracker.max_rows=many")
 
 
-def test_an_unknown_choice_fails_the_run_with_its_name(compose_cfg: Callable[..., DictConfig]) -> None:
-    record = run_experiment(compose_cfg(*SHORT, "tracker.conv_reduction=pixels"))
-    assert (
-        record["status"] == "failed"
-        and "conv_reduction" in record["error"]
-        and "spatial_mean" in record["error"]
-    )
+def test_an_unknown_choice_is_refused_before_the_run_with_its_name(
+    compose_cfg: Callable[..., DictConfig],
+) -> None:
+    from ndt.running.validation import ConfigError
+
+    cfg = compose_cfg(*SHORT, "tracker.conv_reduction=pixels")
+    with pytest.raises(
+        ConfigError, match=r"tracker\.conv_reduction='pixels': must be one of positions, spatial_mean"
+    ):
+        run_experiment(cfg)
+    assert not run_dir_for(cfg).exists()

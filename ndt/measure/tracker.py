@@ -33,6 +33,10 @@ garbage-collected without it, or still open when the interpreter exits, is close
 an ``atexit`` hook; the worker thread holds only a weak reference, so it never keeps a tracker alive).
 Lost on SIGKILL or a power loss: the rows not yet in a part, at most `flush_every` measurements (on the
 worker path also those still queued for it, at most 64 more); `ndt.run` recomputes them on resume.
+
+Under torchrun (a DDP or FSDP2 model, every rank calling `log`), step 1 ends with one all-reduce
+across the ranks and only rank 0 goes on to steps 2 and 3; see `ndt.measure.distributed`. Loggers
+(`RowSink`s) receive each batch of rows in step 3, right after the writer.
 """
 
 from __future__ import annotations
@@ -349,7 +353,7 @@ class HighFrequencyTracker:
         finally:
             self.capture.remove()
             self.writer.close()
-            for sink in self.loggers:
+            for sink in list(self.loggers):  # a failing one removes itself
                 self._to_sink(sink, "close")
             self.closed = True
             _OPEN_TRACKERS.discard(self)

@@ -31,6 +31,7 @@ class TrainerConfig:
     max_steps: int = 2000
     batch_size: int = 32
     device: str = "auto"
+    strategy: str = "single"
     log_every: int = 100
     progress: str = "auto"
     eval_batch_size: int = 1024

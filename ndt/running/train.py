@@ -37,6 +37,7 @@ from ndt.data.spec import dataset_spec
 from ndt.integrations.loggers import make_loggers
 from ndt.measure.tracker import HighFrequencyTracker
 from ndt.models import IncompatiblePairError, build_model, check_compatible, describe
+from ndt.running import distributed
 from ndt.running.checkpoint import (
     checkpoint_path,
     latest_valid_checkpoint,
@@ -62,6 +63,10 @@ from ndt.storage.lock import run_lock
 from ndt.storage.parquet import MetricsWriter, list_parts, read_metrics, set_aside_unreadable_parts
 
 log = logging.getLogger("ndt.run")
+
+# trainer.strategy=ddp: every process trains, only global rank 0 writes files (ndt.running.distributed).
+write_run_json = distributed.main_only(write_run_json)
+save_checkpoint = distributed.main_only(save_checkpoint)
 
 
 class RunConflictError(RuntimeError):
@@ -328,7 +333,9 @@ def run_experiment(cfg: DictConfig) -> dict[str, Any]:
     validate_config(cfg)
     run_dir = run_dir_for(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
-    with run_lock(run_dir), run_log_file(run_dir):
+    # One process per run directory; under trainer.strategy=ddp the ranks are one run: rank 0 holds it.
+    lock = run_lock(run_dir) if distributed.is_main() else contextlib.nullcontext()
+    with lock, run_log_file(run_dir):
         config: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
         check_same_experiment(run_dir, config)
         if is_complete(run_dir):
@@ -346,7 +353,8 @@ def run_experiment(cfg: DictConfig) -> dict[str, Any]:
         except IncompatiblePairError as e:
             record.update(status="skipped", error=str(e))
             write_run_json(run_dir, record)
-            write_done_marker(run_dir, "skipped")
+            if distributed.is_main():
+                write_done_marker(run_dir, "skipped")
             log.warning("skipped %s: %s", run_dir.name, e)
             return record
         try:
@@ -357,7 +365,8 @@ def run_experiment(cfg: DictConfig) -> dict[str, Any]:
             write_run_json(run_dir, record)
             return record
         write_run_json(run_dir, record)
-        write_done_marker(run_dir, "complete")  # written last, after everything it vouches for is durable
+        if distributed.is_main():
+            write_done_marker(run_dir, "complete")  # written last, after everything it vouches for is durable
         log.info("results: %s", run_dir.resolve())
         return record
 
@@ -398,7 +407,9 @@ def build_training(cfg: DictConfig, device: torch.device) -> TrainingState:
     # The study's data are small: keep them on the run's device and batch by index.
     test_x = data.test_x.to(device)
     seed_everything(seed)
-    model = build_model(cfg.arch.name, data.spec).to(device)
+    model = distributed.wrap(
+        build_model(cfg.arch.name, data.spec).to(device)
+    )  # DDP under trainer.strategy=ddp
     return TrainingState(
         model=model,
         optimizer=make_optimizer(cfg, model.parameters()),
@@ -414,7 +425,7 @@ def build_training(cfg: DictConfig, device: torch.device) -> TrainingState:
 
 def training_step(state: TrainingState) -> torch.Tensor:
     """One optimizer step on the sampler's next batch; returns the (device) loss."""
-    idx = state.sampler.next_batch()  # already on state.device
+    idx = distributed.local_share(state.sampler.next_batch(), state.model)  # already on state.device
     loss = nn.functional.cross_entropy(state.model(state.train_x[idx]), state.train_y[idx])
     state.optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -426,7 +437,7 @@ def checkpoint_payload(state: TrainingState, steps_done: int, elapsed_s: float) 
     """What a checkpoint holds (see `ndt.running.checkpoint`)."""
     cuda = state.device.type == "cuda"
     return {
-        "model": state.model.state_dict(),
+        "model": distributed.unwrap(state.model).state_dict(),
         "optimizer": state.optimizer.state_dict(),
         "sampler": state.sampler.state_dict(),
         "rng_cpu": torch.get_rng_state(),
@@ -452,7 +463,7 @@ def restore(state: TrainingState, payload: dict[str, Any], seed: int = 0) -> Non
     the CUDA generator is then seeded with `cuda_reseed` (deterministic, with a warning: dropout
     draws differ from those of an uninterrupted CUDA run).
     """
-    state.model.load_state_dict(payload["model"])
+    distributed.unwrap(state.model).load_state_dict(payload["model"])
     state.optimizer.load_state_dict(payload["optimizer"])
     state.sampler.load_state_dict(payload["sampler"])
     torch.set_rng_state(payload["rng_cpu"].cpu())
@@ -590,6 +601,7 @@ def find_resume_point(
     return step, payload, step - 1  # rows of steps < step are final; later ones are redone
 
 
+@distributed.main_only
 def heartbeat(run_dir: Path) -> None:
     """Touch the heartbeat file: `ndt.status` tells a live run from a dead one by its age."""
     (run_dir / HEARTBEAT).write_text(f"{time.time():.0f}\n")
@@ -605,10 +617,12 @@ def _train(cfg: DictConfig, run_dir: Path, record: dict[str, Any]) -> dict[str, 
     t = Timings()
     if cfg.trainer.num_threads:
         torch.set_num_threads(int(cfg.trainer.num_threads))
-    device = resolve_device(cfg.trainer.device)
+    device = resolve_device(
+        distributed.init_strategy(cfg.trainer.get("strategy", "single"), cfg.trainer.device)
+    )
     state = build_training(cfg, device)
     t.data_s = time.perf_counter() - t.start
-    info = describe(state.model)
+    info = describe(distributed.unwrap(state.model))
     record.update(
         family=info.family, depth=info.depth, width=info.width, params=info.params, device=str(device)
     )
@@ -635,7 +649,10 @@ def _train(cfg: DictConfig, run_dir: Path, record: dict[str, Any]) -> dict[str, 
     write_run_json(run_dir, record)
     heartbeat(run_dir)
 
-    writer = MetricsWriter(metrics_dir, cfg.tracker.flush_every, resume_after_step=resume_after)
+    main = distributed.is_main()  # the other ranks measure with rank 0 but write nothing
+    writer = (
+        MetricsWriter(metrics_dir, cfg.tracker.flush_every, resume_after_step=resume_after) if main else None
+    )
     tracker = HighFrequencyTracker(
         state.model,
         sampling_frequency=cfg.tracker.sampling_frequency,
@@ -700,7 +717,9 @@ def _train(cfg: DictConfig, run_dir: Path, record: dict[str, Any]) -> dict[str, 
     t.train_s = time.perf_counter() - t_loop - t.measure_s - t.checkpoint_s
 
     t_e = time.perf_counter()
-    final_accuracy = accuracy(state.model, state.test_x, state.test_y, cfg.trainer.eval_batch_size)
+    final_accuracy = accuracy(
+        distributed.unwrap(state.model), state.test_x, state.test_y, cfg.trainer.eval_batch_size
+    )
     t.eval_s = time.perf_counter() - t_e
     rows = read_metrics(metrics_dir, columns=["step", "layer"])  # counted from what is on disk
     t.total_s = time.perf_counter() - t.start
