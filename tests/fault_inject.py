@@ -10,6 +10,12 @@
 - ``{"kind": "pause", "k": K, "until": PATH}``: at the K-th training step, wait until PATH exists.
 
 Nothing here is part of ndt: the faults are planted by replacing functions of the loaded modules.
+
+``fault_inject.py --serve`` is a fork server, so that 20 kill-and-restart cycles do not pay 20 Python
+and torch start-ups: it imports ndt once, then for each request line ``{"args": [...], "fault":
+{...} | null, "log": PATH}`` on stdin forks a child that plants the fault and runs ``ndt.run ARGS``
+(its output to PATH), and answers ``{"rc": N}`` (-9 for a SIGKILL). The parent never runs torch, so
+forking it is safe.
 """
 
 from __future__ import annotations
@@ -76,9 +82,42 @@ def plant(fault: dict[str, Any]) -> None:
     train.training_step = training_step
 
 
-if __name__ == "__main__":
+def run_entry_point(args: list[str]) -> int:
+    """``python -m ndt.run ARGS`` in this process; its exit status."""
+    sys.argv = ["ndt.run", *args]
+    try:
+        runpy.run_module("ndt.run", run_name="__main__", alter_sys=True)
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    return 0
+
+
+def serve() -> None:
+    import ndt.running.hydra_callbacks
+    import ndt.running.train  # noqa: F401  (imported once, inherited by every child)
+
+    for line in sys.stdin:
+        request = json.loads(line)
+        pid = os.fork()
+        if pid == 0:  # the child: one run of the entry point, output to its log file
+            fd = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            os.dup2(fd, 1)
+            os.dup2(fd, 2)
+            if request.get("fault"):
+                plant(request["fault"])
+            code = run_entry_point(request["args"])
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        rc = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+        print(json.dumps({"rc": rc}), flush=True)
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["--serve"]:
+    serve()
+elif __name__ == "__main__":
     spec = os.environ.get("NDT_FAULT")
     if spec:
         plant(json.loads(spec))
-    sys.argv = ["ndt.run", *sys.argv[1:]]
-    runpy.run_module("ndt.run", run_name="__main__", alter_sys=True)
+    sys.exit(run_entry_point(sys.argv[1:]))

@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -92,12 +92,45 @@ def assert_reference_rows(run_dir: Path, reference: pd.DataFrame) -> None:
     pd.testing.assert_frame_equal(comparable(rows), comparable(reference), check_exact=True)
 
 
+class ForkServer:
+    """`tests/fault_inject.py --serve`: runs of the entry point in forked children (no start-up cost)."""
+
+    def __init__(self, log: Path) -> None:
+        self.log = log
+        self.proc = subprocess.Popen(
+            [sys.executable, FAULT_RUNNER, "--serve"],
+            cwd=REPO,
+            env={**subprocess_env(), "OMP_NUM_THREADS": "1"},
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+
+    def run(self, results: Path, fault: dict[str, object] | None = None) -> int:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        args = [*TINY, f"paths.results_dir={results}"]
+        self.proc.stdin.write(json.dumps({"args": args, "fault": fault, "log": str(self.log)}) + "\n")
+        self.proc.stdin.flush()
+        return int(json.loads(self.proc.stdout.readline())["rc"])
+
+    def close(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+
+
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pd.DataFrame]:
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ForkServer]:
+    srv = ForkServer(tmp_path_factory.mktemp("server") / "runs.log")
+    yield srv
+    srv.close()
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory, server: ForkServer) -> tuple[Path, pd.DataFrame]:
     """An uninterrupted run of the tiny protocol: its directory and its rows."""
     results = tmp_path_factory.mktemp("reference")
-    done = run(results)
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert server.run(results) == 0, server.log.read_text()[-3000:]
     run_dir = results / "single" / RUN
     return run_dir, read_metrics(run_dir / "metrics")
 
@@ -107,11 +140,11 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pd.DataFr
 
 @pytest.mark.slow
 def test_sigkill_at_20_random_moments_leaves_the_reference_rows(
-    tmp_path: Path, reference: tuple[Path, pd.DataFrame]
+    tmp_path: Path, server: ForkServer, reference: tuple[Path, pd.DataFrame]
 ) -> None:
     rng = np.random.default_rng(11)
     run_dir = tmp_path / "single" / RUN
-    kills, starts = 0, 0
+    kills, killed_in = 0, set()
     phases = ["mid", "before_rename", "after_rename", "step"]
     while kills < 20:
         phase = phases[int(rng.integers(len(phases)))]
@@ -119,18 +152,18 @@ def test_sigkill_at_20_random_moments_leaves_the_reference_rows(
             fault: dict[str, object] = {"kind": "step", "k": int(rng.integers(1, 25))}
         else:  # a run writes run.json, then ~2 parts and 1 checkpoint per 10 steps
             fault = {"kind": "write", "k": int(rng.integers(1, 8)), "phase": phase}
-        done = run(tmp_path, fault=fault)
-        starts += 1
-        if done.returncode == -signal.SIGKILL:
+        rc = server.run(tmp_path, fault)
+        if rc == -signal.SIGKILL:
             kills += 1
+            killed_in.add(phase)
             assert not (run_dir / DONE_MARKER).exists()
             continue
-        assert done.returncode == 0, (fault, done.stderr[-3000:])
+        assert rc == 0, (fault, server.log.read_text()[-3000:])
         if (run_dir / DONE_MARKER).exists():  # finished before the fault: start the run over
             assert_reference_rows(run_dir, reference[1])
             shutil.rmtree(tmp_path / "single")
-    final = run(tmp_path)
-    assert final.returncode == 0, final.stderr[-3000:]
+    assert killed_in == set(phases)  # during writes (three phases) and between them
+    assert server.run(tmp_path) == 0, server.log.read_text()[-3000:]
     assert_reference_rows(run_dir, reference[1])
     record = read_run_json(run_dir)
     assert record["status"] == "complete" and set(RUN_KEYS) <= set(record)
@@ -442,3 +475,12 @@ def test_slurm_launcher_refuses_a_request_no_node_can_satisfy(tmp_path: Path) ->
         "no node of SLURM partition debug" in done.stderr and "hydra.launcher.cpus_per_task=2" in done.stderr
     )
     assert not (tmp_path / "r").exists()
+
+
+def test_durability_bench_runs_and_reports(tmp_path: Path) -> None:
+    from ndt.bench.durability import bench_durability, report_durability
+
+    rows = bench_durability(repeats=1, where=tmp_path)
+    assert [r.kind for r in rows] == ["part", "checkpoint"] and all(r.bytes > 0 for r in rows)
+    assert "per study-protocol run (48 parts and checkpoints)" in report_durability(rows)
+    assert list(tmp_path.iterdir()) == []  # its files are removed

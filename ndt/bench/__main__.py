@@ -1,4 +1,4 @@
-"""`python -m ndt.bench [kernel] [overhead] [runs] [aggregate]`: print the benchmark ratios measured in this run."""
+"""`python -m ndt.bench [kernel] [overhead] [durability] [runs] [aggregate]`: print the benchmark ratios measured in this run."""
 
 from __future__ import annotations
 
@@ -7,12 +7,13 @@ import argparse
 import torch
 
 from ndt.aggregate.bench import bench_aggregate
+from ndt.bench.durability import bench_durability, report_durability
 from ndt.bench.kernel import bench_kernel, report_kernel
 from ndt.bench.overhead import bench_overhead, report_overhead
 from ndt.bench.runs import bench_runs, report_runs
 from ndt.bench.timing import machine_line
 
-BENCHES = ("kernel", "overhead", "runs", "aggregate")
+BENCHES = ("kernel", "overhead", "durability", "runs", "aggregate")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -30,6 +31,8 @@ def main(argv: list[str] | None = None) -> None:
         print(report_overhead(bench_overhead()), flush=True)
         if torch.cuda.is_available():
             print(report_overhead(bench_overhead(device="cuda")), flush=True)
+    if "durability" in which:
+        print(report_durability(bench_durability()), flush=True)
     if "runs" in which:
         print(report_runs(bench_runs()), flush=True)
     if "aggregate" in which:
