@@ -52,6 +52,20 @@ try:
         cfg = compose("config", overrides=fixed, return_hydra_config=True)
 except Exception as e:  # a bad override: Hydra's message, not its traceback
     sys.exit(f"error: {e}")
+# Refused here, in the foreground, rather than in the detached launcher's log (it checks again, per job).
+from omegaconf import OmegaConf
+
+from ndt.running.slurm_check import SlurmRequestError, check_request
+from ndt.running.validation import check_config
+
+problems = check_config(cfg)
+if problems:
+    sys.exit("error: invalid config value(s):\n  " + "\n  ".join(problems))
+keys = ("partition", "cpus_per_task", "tasks_per_node", "mem_gb", "gpus_per_node")
+try:
+    check_request({k: OmegaConf.select(cfg, f"hydra.launcher.{k}") for k in keys})
+except SlurmRequestError as e:
+    sys.exit(f"error: {e}")
 print(cfg.hydra.sweep.dir)
 EOF
 )

@@ -183,3 +183,23 @@ def test_cli_prints_counts_and_failed_runs(tmp_path: Path, capsys: pytest.Captur
 
     assert main([str(tmp_path / "nope")]) == 2
     assert "no sweep directory" in capsys.readouterr().err
+
+
+def test_a_held_lock_means_running_and_set_aside_files_are_listed(tmp_path: Path) -> None:
+    import os
+
+    from ndt.running.status import format_report
+    from ndt.storage.lock import run_lock
+
+    sweep = tmp_path / "sweep"
+    run = make_run(sweep, "a__b__s0", "running", beat_age_s=3600)  # silent for an hour...
+    (run / "set_aside" / "metrics").mkdir(parents=True)
+    (run / "set_aside" / "metrics" / "part-00003.parquet").write_bytes(b"")
+    assert run_status(run, now=NOW).state == "failed"  # ...and nobody holds its lock: dead
+    with run_lock(run):  # ...but a live process holds its lock: running (perhaps stuck)
+        status = run_status(run, now=NOW)
+        assert status.state == "running" and f"PID {os.getpid()}" in str(status.holder)
+        report = format_report(sweep_status(sweep, now=NOW))
+    assert f"locked by PID {os.getpid()}" in report
+    assert "a__b__s0: metrics/part-00003.parquet" in report
+    assert run_status(run, now=NOW).set_aside == ("metrics/part-00003.parquet",)

@@ -1,4 +1,4 @@
-"""`python -m ndt.bench [kernel] [overhead] [conv] [callbacks] [runs] [aggregate] [view]`: print the benchmark ratios measured in this run."""
+"""`python -m ndt.bench [kernel] [overhead] [conv] [durability] [callbacks] [runs] [aggregate] [view]`: print the benchmark ratios measured in this run."""
 
 from __future__ import annotations
 
@@ -8,13 +8,14 @@ import torch
 
 from ndt.aggregate.bench import bench_aggregate
 from ndt.bench.conv import bench_conv, report_conv
+from ndt.bench.durability import bench_durability, report_durability
 from ndt.bench.kernel import bench_kernel, report_kernel
 from ndt.bench.overhead import bench_overhead, report_overhead
 from ndt.bench.runs import bench_runs, report_runs
 from ndt.bench.timing import machine_line
 from ndt.bench.view import bench_view, report_view
 
-BENCHES = ("kernel", "overhead", "conv", "callbacks", "runs", "aggregate", "view")
+BENCHES = ("kernel", "overhead", "conv", "durability", "callbacks", "runs", "aggregate", "view")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -34,6 +35,8 @@ def main(argv: list[str] | None = None) -> None:
             print(report_overhead(bench_overhead(device="cuda")), flush=True)
     if "conv" in which:
         print(report_conv(bench_conv()), flush=True)
+    if "durability" in which:
+        print(report_durability(bench_durability()), flush=True)
     if "callbacks" in which:
         try:
             import lightning  # noqa: F401

@@ -10,7 +10,8 @@ laptop copy of a cluster's results and on a sweep still in progress. Per run dir
   with a heartbeat older than ``stale_after_s`` (reason ``no heartbeat for N min: the process died``;
   ``stale`` is then True). A job that was requeued and waits in the queue looks like this too until it
   starts again and resumes.
-- **running**: status ``running`` with a fresh heartbeat (touched at every checkpoint and log line).
+- **running**: status ``running`` with a fresh heartbeat (touched at every checkpoint and log line),
+  or any run whose lock (``ndt.storage.lock``) a live process holds: ``holder`` names its PID and host.
 - **missing**: expected by the sweep, but no directory yet (pending in the queue, or never ran).
 
 The expected runs come from the ``multirun.yaml`` that Hydra writes into the sweep directory when a
@@ -20,6 +21,9 @@ is ``<arch>__<dataset>__s<seed>`` with the values its overrides set, else the co
 ``multirun.yaml`` (a single run, or a sweep made by hand) or with another sweeper, nothing is
 reported missing: the runs are those on disk. When the same sweep directory received several
 multiruns, the last one's runs are the expected ones.
+
+Files a resume found damaged and moved under ``set_aside/`` are listed per run (``set_aside``), so
+that a user sees them; they are never deleted.
 """
 
 from __future__ import annotations
@@ -30,7 +34,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ndt.storage.layout import HEARTBEAT, LOG_FILE, RUN_JSON, is_complete, read_run_json, run_name
+from ndt.storage.layout import (
+    HEARTBEAT,
+    LOG_FILE,
+    RUN_JSON,
+    SET_ASIDE_DIR,
+    is_complete,
+    read_run_json,
+    run_name,
+)
+from ndt.storage.lock import lock_holder
 
 #: What `run_status` reports, in the order counts are printed.
 STATES = ("done", "skipped", "running", "failed", "missing")
@@ -56,6 +69,8 @@ class RunStatus:
         heartbeat_age_s: seconds since the last sign of life (heartbeat, else run.json / run.log);
             None for missing runs.
         slurm: the SLURM job ids run.json records (``slurm_job_id``, ``slurm_array_job_id``, ...), or {}.
+        holder: who holds the run's lock now ("PID 123 on host n1 (since ...)"), or None.
+        set_aside: files moved under ``set_aside/`` as damaged, relative to it (e.g. ``metrics/part-00003.parquet``).
     """
 
     name: str
@@ -64,6 +79,8 @@ class RunStatus:
     stale: bool = False
     heartbeat_age_s: float | None = None
     slurm: dict[str, str] = field(default_factory=dict)
+    holder: str | None = None
+    set_aside: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -150,9 +167,12 @@ def run_status(
         return RunStatus(run_dir.name, "failed", f"unreadable {RUN_JSON}: {e}", heartbeat_age_s=age)
     slurm = {str(k): str(v) for k, v in (record.get("slurm") or {}).items()}
     status = record.get("status", "running")
+    holder = lock_holder(run_dir)
+    aside_dir = run_dir / SET_ASIDE_DIR
+    aside = tuple(sorted(str(p.relative_to(aside_dir)) for p in aside_dir.rglob("*") if p.is_file()))
 
     def make(state: str, reason: str | None = None, stale: bool = False) -> RunStatus:
-        return RunStatus(run_dir.name, state, reason, stale, age, slurm)
+        return RunStatus(run_dir.name, state, reason, stale, age, slurm, holder, aside)
 
     if status == "complete" and is_complete(run_dir):
         return make("done")
@@ -162,8 +182,8 @@ def run_status(
         return make("failed", _first_line(record.get("error")) or "failed (no error recorded)")
     if status not in ("running", "complete"):  # complete without its marker: it was finishing
         return make("failed", f"unknown status {status!r} in {RUN_JSON}")
-    if age is not None and age <= stale_after_s:
-        return make("running")
+    if holder is not None or (age is not None and age <= stale_after_s):
+        return make("running")  # a held lock means a live process, whatever the heartbeat says
     silence = "never" if age is None else f"for {_format_age(age)}"
     return make("failed", f"no heartbeat {silence}: the process died", stale=True)
 
@@ -292,12 +312,18 @@ def format_report(status: SweepStatus) -> str:
                 lines.append(f"  {run.name}")
                 continue
             detail = (
-                run.reason
+                str(run.reason)
                 if state == "failed"
                 else f"heartbeat {_format_age(run.heartbeat_age_s or 0.0)} ago"
             )
+            if state == "running" and run.holder:
+                detail += f", locked by {run.holder}"
             job = _slurm_job(run.slurm)
             lines.append(f"  {run.name}: {detail}" + (f"  [SLURM job {job}]" if job else ""))
+    damaged = [r for r in status.runs if r.set_aside]
+    if damaged:
+        lines.append(f"set aside as damaged (under <run>/{SET_ASIDE_DIR}/; recomputed on resume):")
+        lines += [f"  {r.name}: {', '.join(r.set_aside)}" for r in damaged]
     return "\n".join(lines)
 
 
