@@ -278,7 +278,7 @@ def test_a_step_with_chosen_layers(mlp_run: Path, tmp_path: Path) -> None:
         s["replay"]["check"]["ok"] and s["replay"]["checkpoint"] == 20 and s["replay"]["replayed_steps"] == 21
     )
     # an MLP on images: saliency, no Grad-CAM or attention
-    assert {f["name"] for f in s["figures"]} == {"series", "change", "pca", "spectrum", "saliency"}
+    assert {f["name"] for f in s["figures"]} == {"series", "change", "pca", "spectrum", "saliency", "causal"}
 
 
 # -- end to end -------------------------------------------------------------------------------------------
@@ -326,8 +326,15 @@ def test_command_writes_a_self_contained_report_with_the_numbers(
         "gradcam",
         "saliency",
         "feature_maps",
+        "causal",
     }
+    causal = summary["causal"]  # the causal tests: one verdict per layer, event and control
+    assert [r["layer"] for r in causal["layers"]] == ["conv.0", "conv.1", "fc"]
+    assert all(r["verdict"].split(":")[0] in ("effect", "no effect") for r in causal["layers"])
+    if causal["control"] is not None:  # a stretch as long, overlapping no event
+        assert causal["control"]["after"] - causal["control"]["before"] >= 1
     page = (out_dir / "report.html").read_text()
+    assert "Does the change matter?" in page
     assert page.count('src="data:image/png;base64,') == len(summary["figures"])
     assert "http://" not in page and "https://" not in page and "<script" not in page  # nothing to fetch
 

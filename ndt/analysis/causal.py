@@ -192,17 +192,21 @@ def added_directions(before: np.ndarray, after: np.ndarray, k: int, energy: floa
     n_features = before.shape[1]
     if not 1 <= k <= n_features:
         raise ValueError(f"k must be in 1..{n_features} (the layer's width), got {k}")
+    # Through the (F, F) covariances: rows can be many (every position of a conv output is one).
     b = before - before.mean(axis=0)
     a = after - after.mean(axis=0)
-    _, s, vt = np.linalg.svd(b, full_matrices=False)
-    cum = np.cumsum(s**2) / max(float((s**2).sum()), np.finfo(float).tiny)
-    r = min(int(np.searchsorted(cum, energy) + 1), n_features - k) if (s**2).sum() > 0 else 0
-    basis = vt[:r]  # (r, F)
+    lam_b, vec_b = np.linalg.eigh(b.T @ b)
+    lam_b, vec_b = lam_b[::-1].clip(min=0.0), vec_b[:, ::-1]
+    total = float(lam_b.sum())
+    r = 0
+    if total > 0:
+        r = min(int(np.searchsorted(np.cumsum(lam_b) / total, energy) + 1), n_features - k)
+    basis = vec_b[:, :r].T  # (r, F) the before-subspace
     resid = a - (a @ basis.T) @ basis
-    _, _, vt_resid = np.linalg.svd(resid, full_matrices=True)
-    dirs = vt_resid[:k]
+    _, vec_r = np.linalg.eigh(resid.T @ resid)
+    dirs = vec_r[:, ::-1][:, :k].T
     # Re-orthogonalise against the before-subspace: when the residual is (numerically) zero its
-    # singular vectors are arbitrary and may lie inside it.
+    # eigenvectors are arbitrary and may lie inside it.
     dirs = dirs - (dirs @ basis.T) @ basis
     q, _ = np.linalg.qr(dirs.T)
     return np.asarray(q.T[:k])

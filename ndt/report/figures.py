@@ -158,6 +158,52 @@ def change_figure(
     return to_png(fig)
 
 
+def causal_figure(
+    layers: Sequence[str],
+    own_share: np.ndarray,
+    z: np.ndarray,
+    control_share: np.ndarray | None = None,
+    control_z: np.ndarray | None = None,
+    z_mark: float = 3.0,
+) -> bytes:
+    """The causal tests per layer, in model order: own-weights share of the change, ablation z.
+
+    Args:
+        layers: L layer names, input side first.
+        own_share: (L,) share of the probe-loss change carried by each layer's own weights.
+        z: (L,) ablation z-scores of the directions the moment added.
+        control_share, control_z: (L,) the same on the no-event control stretch, or None.
+        z_mark: |z| drawn as the significance line.
+    """
+    fig = _figure(11, 1.0 + 0.34 * len(layers))
+    axes = fig.subplots(1, 2, sharey=True)
+    y = np.arange(len(layers))
+    height = 0.38 if control_share is not None else 0.7
+    for ax, vals, ctrl, title in (
+        (axes[0], own_share, control_share, "own weights' share of the loss change"),
+        (axes[1], z, control_z, "ablation z (added directions vs random)"),
+    ):
+        ax.barh(
+            y - (height / 2 if ctrl is not None else 0),
+            np.nan_to_num(vals),
+            height,
+            color="tab:red",
+            label="event",
+        )
+        if ctrl is not None:
+            ax.barh(y + height / 2, np.nan_to_num(ctrl), height, color="0.65", label="control")
+        ax.set_title(title, fontsize=10)
+        ax.axvline(0, color="0.3", lw=0.8)
+        ax.grid(axis="x", alpha=0.3)
+    for sign in (-1, 1):
+        axes[1].axvline(sign * z_mark, color="tab:red", ls=":", lw=0.8)
+    if control_share is not None:
+        axes[1].legend(fontsize=8, loc="lower right")
+    axes[0].set_yticks(y, list(layers), fontsize=8)
+    axes[0].invert_yaxis()  # input side on top, as the model reads
+    return to_png(fig)
+
+
 def align_signs(reference: np.ndarray, scores: np.ndarray) -> np.ndarray:
     """Flip each column of `scores` whose correlation with the same column of `reference` is negative.
 

@@ -8,7 +8,9 @@ summary.json holds the same numbers: ``run``, ``selection``, ``event`` (null for
 (every event, ranked), ``moments`` (before/after: step, steps_done, mean_metric), ``replay`` (device,
 checkpoint, replayed_steps, seconds, check), ``probe`` (n, accuracy and loss before/after,
 changed_predictions), ``layers`` (the change table's rows, most changed first), ``most_changed``,
-``findings``, ``figures``, ``timings``, ``command``, ``ndt_version``, ``created``.
+``findings``, ``causal`` (null with causal=false: ``localised``, probe loss/accuracy before and after,
+``layers`` with each layer's patching shares, ablation effect and z, verdict, and ``control`` with the
+same for a no-event stretch), ``figures``, ``timings``, ``command``, ``ndt_version``, ``created``.
 """
 
 from __future__ import annotations
@@ -200,6 +202,59 @@ def _check(summary: dict[str, Any]) -> str:
     )
 
 
+def _causal(causal: dict[str, Any] | None, figure: FigureBlock | None) -> list[str]:
+    """The causal section: where the change that matters is, one verdict per layer, the figure, a table."""
+    if not causal:
+        return []
+    loc = causal["localised"]
+    lead = (
+        f"Patching localises the change: the output of <b>{_e(loc)}</b> from before restores at least half of "
+        "the probe-loss change (the change lies at that layer or between it and the layer before)."
+        if loc
+        else "No single layer's output from before restores half of the probe-loss change."
+    )
+    ctrl = causal.get("control")
+    ctrl_text = (
+        f"Control: the same tests over steps {ctrl['before']} → {ctrl['after']}, a stretch as long without an event."
+        if ctrl
+        else f"No control stretch: {_e(causal.get('control_note'))}."
+    )
+    header = [
+        "layer",
+        "output patch share",
+        "own weights share",
+        "k",
+        "ablation Δloss",
+        "z",
+        "control z",
+        "verdict",
+    ]
+    ctrl_z = {r["layer"]: r["ablation_z"] for r in ctrl["layers"]} if ctrl else {}
+    rows = [
+        [
+            _e(r["layer"]),
+            _num(r["share_after"], ".2f"),
+            _num(r["share_own_weights"], ".2f"),
+            str(r["k"]),
+            _num(r["ablation_effect"], ".3g"),
+            _num(r["ablation_z"], ".1f"),
+            _num(ctrl_z.get(r["layer"]), ".1f"),
+            _e(r["verdict"].split(":", 1)[0]),
+        ]
+        for r in causal["layers"]
+    ]
+    return [
+        '<h2 id="causal">Does the change matter? (causal tests)</h2>',
+        f"<p>Probe loss {causal['loss_before']:.4g} → {causal['loss_after']:.4g}, accuracy "
+        f"{causal['accuracy_before']:.3f} → {causal['accuracy_after']:.3f}. {lead} {ctrl_text}</p>",
+        '<ul class="findings">'
+        + "".join(f"<li><b>{_e(r['layer'])}</b>: {_e(r['verdict'])}</li>" for r in causal["layers"])
+        + "</ul>",
+        *([_image(figure)] if figure is not None else []),
+        _table(header, rows),
+    ]
+
+
 def render_report(summary: dict[str, Any], table: pd.DataFrame, blocks: Sequence[FigureBlock]) -> str:
     """The whole report page.
 
@@ -237,7 +292,8 @@ def render_report(summary: dict[str, Any], table: pd.DataFrame, blocks: Sequence
         "that hold 90% of the layer's centred variance (at most 10 directions), over the probe samples. "
         f"{_e(metric)}: recomputed on the replayed models' probe activations.</p>",
     ]
-    parts += [_image(blk) for blk in blocks if blk.name != "series"]
+    parts += _causal(summary.get("causal"), by_name.get("causal"))
+    parts += [_image(blk) for blk in blocks if blk.name not in ("series", "causal")]
     parts += [
         "<h2>Every metric, before → after (Δ)</h2>",
         "<details open><summary>per layer, model order</summary>" + _table(m_header, m_rows) + "</details>",

@@ -23,7 +23,7 @@ import math
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, cast
@@ -37,6 +37,7 @@ from torch import nn
 import ndt
 from ndt.aggregate.summaries import check_metric, layer_mean_series
 from ndt.analysis.analyzer import ActivationAnalyzer, LayerAnalysis
+from ndt.analysis.causal import Z_SIGNIFICANT, causal_table, layer_verdict, localise
 from ndt.analysis.comparison import Comparison, linear_cka, metric_frame, principal_angles
 from ndt.analysis.visualize import FeatureVisualizer
 from ndt.detect import DEFAULT_DETECTOR, Jumps, get_detector
@@ -692,6 +693,14 @@ def investigate(
         )
     analysis_s = time.perf_counter() - t_an
 
+    t_causal = time.perf_counter()
+    causal_result = (
+        causal_section(run, replay, list(acts_b), steps, jumps, moments, device, capture_kw, reduction, opts)
+        if opts.causal
+        else None
+    )
+    causal_s = time.perf_counter() - t_causal
+
     labels = replay.labels.cpu().numpy()
     pred_b, pred_a = logits_b.argmax(axis=1), logits_a.argmax(axis=1)
     family = str(record.get("family") or describe(replay.after).family)
@@ -748,15 +757,19 @@ def investigate(
         "most_changed": table.dropna(subset=["cka"])["layer"].head(opts.top).tolist(),
     }
     summary["findings"] = findings(table, summary, opts.metric, opts.top)
+    summary["causal"] = None if causal_result is None else causal_result.summary
 
     t_fig = time.perf_counter()
     blocks = figure_blocks(rows, steps, mean, jumps, moments, table, an_b, an_a, labels, opts)
     blocks += visual_blocks(replay, family, table, (pred_b, pred_a), moments, opts.samples)
+    if causal_result is not None:
+        blocks.append(causal_result.figure)
     figures_s = time.perf_counter() - t_fig
     summary["figures"] = [{"name": b.name, "title": b.title} for b in blocks]
     summary["timings"] = {
         "replay_s": round(replay.seconds, 3),
         "analysis_s": round(analysis_s, 3),
+        "causal_s": round(causal_s, 3),
         "figures_s": round(figures_s, 3),
         "total_s": round(time.perf_counter() - t_start, 3),
     }
@@ -770,6 +783,172 @@ def investigate(
     log.info("report: %s", report.resolve())
     return InvestigationResult(
         out_dir=out_dir, report=report, summary_path=summary_path, summary=summary, table=table
+    )
+
+
+#: Control stretches start after this share of training: the escape from initialisation is no control.
+CONTROL_START_SHARE = 0.1
+
+
+def control_moments(
+    steps: np.ndarray, jumps: Jumps, moments: Moments, max_steps: int
+) -> tuple[int, int] | None:
+    """(before, after) measured steps of a stretch as long as the investigated one, without an event.
+
+    A candidate pair (steps[i], steps[j]) spans about the same number of steps (the nearest measured
+    distance), overlaps no event of the series (transitions and the escape from initialisation, each with
+    its measured neighbours) nor the investigated stretch, and starts after `CONTROL_START_SHARE` of
+    training; the candidate nearest to the investigated stretch is taken (the same phase of training).
+
+    Args:
+        steps: (m,) measurement steps, increasing.
+        jumps: the detector's result on the series.
+        moments: the investigated moments.
+        max_steps: optimizer steps of the run.
+
+    Returns:
+        The pair, or None when the run has no such stretch.
+    """
+    span = moments.after - moments.before
+    busy = [(moments.before, moments.after)]
+    for e in (*jumps.events, *jumps.init_escape):
+        lo = int(steps[max(e.start_index - 1, 0)])
+        hi = int(steps[min(e.end_index + 1, steps.size - 1)])
+        busy.append((lo, hi))
+    best: tuple[float, int, int] | None = None
+    start_min = CONTROL_START_SHARE * max_steps
+    for i, a in enumerate(steps.tolist()):
+        if a < start_min:
+            continue
+        j = int(np.searchsorted(steps, a + span))
+        if j >= steps.size or j <= i:
+            continue
+        b = int(steps[j])
+        if any(a <= hi and lo <= b for lo, hi in busy):
+            continue
+        distance = abs((a + b) / 2 - (moments.before + moments.after) / 2)
+        if best is None or distance < best[0]:
+            best = (distance, int(a), b)
+    return None if best is None else (best[1], best[2])
+
+
+@dataclass(frozen=True)
+class CausalResult:
+    """The causal section of a report: summary.json's ``causal`` and its figure."""
+
+    summary: dict[str, Any]
+    figure: FigureBlock
+
+
+def _causal_rows(table: pd.DataFrame) -> list[dict[str, Any]]:
+    keep = [
+        "layer",
+        "share_after",
+        "share_before",
+        "share_own_weights",
+        "k",
+        "ablation_effect",
+        "ablation_accuracy_drop",
+        "random_mean",
+        "random_sd",
+        "ablation_z",
+        "worst_class",
+        "worst_class_change",
+    ]
+    return [{c: row[c] for c in keep} for row in table.to_dict(orient="records")]
+
+
+def causal_section(
+    run: Path,
+    replay: Replay,
+    layers: list[str],
+    steps: np.ndarray,
+    jumps: Jumps,
+    moments: Moments,
+    device: torch.device,
+    capture_kw: dict[str, Any],
+    reduction: str,
+    opts: InvestigateOptions,
+) -> CausalResult:
+    """Patching and direction ablation at the investigated moments and at a no-event control stretch.
+
+    See `ndt.analysis.causal`. The control replays the run a second time (from its nearest checkpoint).
+    """
+    event = causal_table(
+        replay.before,
+        replay.after,
+        replay.probe,
+        replay.labels,
+        layers,
+        k=opts.k,
+        n_random=opts.draws,
+        seed=0,
+    )
+    control_pair = None
+    control = None
+    if opts.control:
+        record = read_run_json(run)
+        control_pair = control_moments(steps, jumps, moments, int(record["config"]["trainer"]["max_steps"]))
+        if control_pair is not None:
+            c_moments = replace(moments, before=control_pair[0], after=control_pair[1])
+            c_replay = replay_pair(
+                run, c_moments.steps_done, device, capture={"sequence_reduction": reduction, **capture_kw}
+            )
+            control = causal_table(
+                c_replay.before,
+                c_replay.after,
+                c_replay.probe,
+                c_replay.labels,
+                layers,
+                k=opts.k,
+                n_random=opts.draws,
+                seed=0,
+            )
+    by_layer_control = {} if control is None else {r["layer"]: r for _, r in control.iterrows()}
+    verdicts = {
+        str(r["layer"]): layer_verdict(r, by_layer_control.get(r["layer"])) for _, r in event.iterrows()
+    }
+    summary: dict[str, Any] = {
+        "localised": localise(event),
+        "loss_before": event.attrs["loss_before"],
+        "loss_after": event.attrs["loss_after"],
+        "accuracy_before": event.attrs["acc_before"],
+        "accuracy_after": event.attrs["acc_after"],
+        "k": opts.k,
+        "draws": opts.draws,
+        "layers": [{**row, "verdict": verdicts[row["layer"]]} for row in _causal_rows(event)],
+        "control": None
+        if control is None or control_pair is None
+        else {
+            "before": control_pair[0],
+            "after": control_pair[1],
+            "loss_before": control.attrs["loss_before"],
+            "loss_after": control.attrs["loss_after"],
+            "localised": localise(control),
+            "layers": _causal_rows(control),
+        },
+        "control_note": None
+        if control is not None
+        else ("control=false" if not opts.control else "no stretch of equal length without an event"),
+    }
+    png = figures.causal_figure(
+        event["layer"].tolist(),
+        event["share_own_weights"].to_numpy(dtype=np.float64),
+        event["ablation_z"].to_numpy(dtype=np.float64),
+        None if control is None else control["share_own_weights"].to_numpy(dtype=np.float64),
+        None if control is None else control["ablation_z"].to_numpy(dtype=np.float64),
+    )
+    where = (
+        "" if control_pair is None else f" (grey: the control stretch {control_pair[0]} → {control_pair[1]})"
+    )
+    caption = (
+        "Left: the share of the probe-loss change that each layer's own weights carry (the after-model with "
+        "that layer's parameters set back to before; 1 = all of it). Right: the z-score of mean-ablating the "
+        "directions the moment added to the layer, against the same number of random directions "
+        f"({opts.draws} draws); |z| > {Z_SIGNIFICANT:g} is marked{where}."
+    )
+    return CausalResult(
+        summary=summary, figure=FigureBlock("causal", "Does the change matter?", png, caption)
     )
 
 

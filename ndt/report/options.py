@@ -38,6 +38,11 @@ class InvestigateOptions:
         out: output directory; default ``RUN_DIR/investigate/<step_a>-<step_b>``.
         top: most-changed layers shown as PCA scatter plots.
         samples: probe examples shown in the attribution figures (Grad-CAM, saliency).
+        causal: run the causal tests (`ndt.analysis.causal`: layer patching, added-direction ablation
+            against random directions, and the same on a no-event control stretch).
+        k: directions ablated per layer; None: from the rise of cumulative_energy_90 (1 to 8).
+        draws: random-direction draws per layer (>= 2; the z-scores' reference).
+        control: also test a stretch of the same length without an event (the verdicts' reference).
     """
 
     jump: int | None = None
@@ -49,6 +54,10 @@ class InvestigateOptions:
     out: Path | None = None
     top: int = 2
     samples: int = 8
+    causal: bool = True
+    k: int | None = None
+    draws: int = 20
+    control: bool = True
 
     def __post_init__(self) -> None:
         if self.jump is not None and self.step is not None:
@@ -57,6 +66,12 @@ class InvestigateOptions:
             raise InvestigationError(f"jump={self.jump}: jumps are ranked from 1 (the largest)")
         if self.detector is not None and self.detector not in DETECTORS:
             raise InvestigationError(f"detector={self.detector}: choose one of {', '.join(DETECTORS)}")
+        if self.draws < 2:
+            raise InvestigationError(
+                f"draws={self.draws}: need at least 2 random draws to estimate their spread"
+            )
+        if self.k is not None and self.k < 1:
+            raise InvestigationError(f"k={self.k}: ablate at least one direction")
         if self.top < 1 or self.samples < 1:
             raise InvestigationError(
                 f"top and samples must be >= 1, got top={self.top}, samples={self.samples}"
@@ -89,6 +104,10 @@ OPTION_HELP: dict[str, str] = {
     "out": "output directory (default RUN_DIR/investigate/<step_a>-<step_b>)",
     "top": "most-changed layers shown as PCA scatter plots (default 2)",
     "samples": "probe examples in the Grad-CAM / saliency figures (default 8)",
+    "causal": "causal tests: layer patching and added-direction ablation (default true)",
+    "k": "directions ablated per layer (default: the rise of cumulative_energy_90, 1 to 8)",
+    "draws": "random-direction draws per layer for the ablation z-score (default 20)",
+    "control": "also test a stretch of equal length without an event (default true)",
 }
 
 USAGE = "usage: python -m ndt.investigate RUN_DIR [jump=K | step=N] [layers=a,b] [key=value ...]"
@@ -114,12 +133,26 @@ def _names(raw: str) -> tuple[str, ...]:
     return tuple(name.strip() for name in raw.split(",") if name.strip())
 
 
+def _flag(raw: str) -> bool:
+    """``true``/``false`` (also 1/0, yes/no)."""
+    low = raw.strip().lower()
+    if low in ("true", "1", "yes"):
+        return True
+    if low in ("false", "0", "no"):
+        return False
+    raise InvestigationError(f"expected true or false, got {raw!r}")
+
+
 #: How the text of each option becomes its field's value (the rest stay strings).
 CONVERTERS: dict[str, Callable[[str], Any]] = {
     "jump": int,
     "step": int,
     "top": int,
     "samples": int,
+    "k": int,
+    "draws": int,
+    "causal": _flag,
+    "control": _flag,
     "layers": _names,
     "out": Path,
 }
@@ -152,6 +185,8 @@ def parse_options(args: Sequence[str]) -> tuple[Path, InvestigateOptions]:
             raise InvestigationError(f"option {key} given twice")
         try:
             values[key] = CONVERTERS.get(key, str)(raw.strip())
+        except InvestigationError as err:
+            raise InvestigationError(f"{key}={raw}: {err}") from None
         except ValueError:
             raise InvestigationError(f"{key}={raw}: expected an integer") from None
     return Path(positional[0]), InvestigateOptions(**values)
