@@ -154,3 +154,38 @@ def test_resume_from_checkpoint_has_no_duplicate_or_missing_rows(tmp_path: Path)
     # The checkpoint falls on an epoch boundary (20 = 2 x 10 batches): the resumed run sees the same
     # batches, so its rows equal an uninterrupted run's.
     assert_same_rows(rows, manual_rows(STEPS))
+
+
+class TwoOptimizers(TinyModule):
+    """Manual optimization with two optimizers: global_step advances by 2 per batch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        loss = nn.functional.cross_entropy(self(x), y)
+        for opt in self.optimizers():  # type: ignore[union-attr]
+            opt.zero_grad()
+        self.manual_backward(loss)
+        for opt in self.optimizers():  # type: ignore[union-attr]
+            opt.step()
+        return loss.detach()
+
+    def configure_optimizers(self) -> list[torch.optim.Optimizer]:  # type: ignore[override]
+        return [
+            torch.optim.SGD(self.net[0].parameters(), lr=0.1),
+            torch.optim.SGD(self.net[2].parameters(), lr=0.1),
+        ]
+
+
+def test_several_optimizers_step_numbers_follow_global_step() -> None:
+    cb = DimensionalityCallback(sampling_frequency=5)
+    trainer(40, callbacks=[cb], enable_checkpointing=False).fit(TwoOptimizers(), loader())
+    got = cb.get_results()
+    # 20 batches, optimizer steps 2b and 2b + 1 in batch b: the measured ones, 0, 5, 10, ..., 35, each
+    # fall in one batch, whose forward the hooks were armed for.
+    assert sorted(got["step"].unique()) == list(range(0, 40, 5))
+    assert (got.groupby(["step", "layer"]).size() == 1).all()
+    assert got["loss"].notna().all()
