@@ -97,3 +97,26 @@ def test_degenerate_input() -> None:
     assert all(math.isnan(v) for v in estimate_metrics(bad).values())
     with pytest.raises(ValueError, match="expected a"):
         estimate_metrics(torch.zeros(3, 4, 5))
+
+
+def test_tracker_estimates_layers_above_the_exact_size() -> None:
+    # A 500-sample probe through a 300 -> 400 linear layer: min(n, k) = 400 > exact_max_size = 100, so the
+    # layer is estimated; the same tracker with exact_max_size=None decomposes it exactly.
+    from torch import nn
+
+    from ndt import HighFrequencyTracker
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(300, 400), nn.ReLU(), nn.Linear(400, 10))
+    probe = torch.randn(500, 300) * torch.arange(1, 301) ** -0.5
+    rows = {}
+    for cap in (100, None):
+        with HighFrequencyTracker(model, probe=probe, exact_max_size=cap) as tracker:
+            tracker.log(0, 1.0)
+            rows[cap] = tracker.get_results().set_index("layer")
+    est, ex = rows[100], rows[None]
+    for metric in ("stable_rank", "participation_ratio", "effective_rank", "pr_eigen", "nuclear_norm_ratio"):
+        assert est.loc["0", metric] == pytest.approx(ex.loc["0", metric], rel=TOLERANCE), metric
+    assert est.loc["0", "cumulative_energy_90"] == pytest.approx(ex.loc["0", "cumulative_energy_90"], rel=0.1)
+    # the 10-wide readout is below the cap: decomposed exactly either way
+    assert est.loc["2", "participation_ratio"] == ex.loc["2", "participation_ratio"]

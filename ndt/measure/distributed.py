@@ -133,13 +133,13 @@ class DistributedContext:
         """Whether this process runs the probe forward at a measured step."""
         return self.is_writer or self.collective_forward
 
-    def transform(self, probe: bool, center: bool = False) -> Any:
+    def transform(self, probe: bool, center: bool = False, exact_max_size: int | None = None) -> Any:
         """The statistics the hooks form: summable (uncentred, feature-side) ones when batches are
         reduced across ranks (`reduce` centres them once summed); else `gram_stats`, centred on the
-        activations when `center`."""
+        activations when `center`, estimated above `exact_max_size`."""
         if self.active and not probe:
             return feature_gram_stats
-        return functools.partial(gram_stats, center=center)
+        return functools.partial(gram_stats, center=center, exact_max_size=exact_max_size)
 
     def grad_sq_contribution(self, model: nn.Module) -> torch.Tensor | None:
         """This rank's share of the squared global gradient norm (summed over ranks it is the total).

@@ -84,6 +84,9 @@ class GramStats:
         n_samples: n.
         n_features: k.
         centred: whether A's columns were centred before the Gram (`gram_stats(center=True)`).
+        estimate: for a layer too wide to decompose exactly (`gram_stats`'s ``exact_max_size``): the
+            (len(METRICS),) float64 metric values estimated matrix-free (`ndt.measure.estimate`), in
+            registry order; `gram` is then empty and `size` 0.
     """
 
     gram: torch.Tensor
@@ -91,11 +94,12 @@ class GramStats:
     n_samples: int
     n_features: int
     centred: bool = False
+    estimate: torch.Tensor | None = None
 
     @property
     def size(self) -> int:
-        """m, the Gram's side."""
-        return int(self.gram.shape[0])
+        """m, the Gram's side (0 for an estimated layer)."""
+        return 0 if self.estimate is not None else int(self.gram.shape[0])
 
     @property
     def sample_side(self) -> bool:
@@ -103,28 +107,48 @@ class GramStats:
         return self.mean is None
 
     def pieces(self) -> list[torch.Tensor]:
-        """The flat layout `unflatten` reads: gram (m*m,), then mean (m,) on the feature side."""
+        """The flat layout `unflatten` reads: gram (m*m,), then mean (m,) on the feature side; for an
+        estimated layer its metric values."""
+        if self.estimate is not None:
+            return [self.estimate]
         g = self.gram.reshape(-1)
         return [g] if self.mean is None else [g, self.mean]
 
 
 def flat_size(size: int, sample_side: bool) -> int:
-    """Length of a layer's flat statistics."""
+    """Length of a layer's flat statistics (size 0: an estimated layer's metric values)."""
+    if size == 0:
+        return len(METRIC_COLUMNS)
     return size * size + (0 if sample_side else size)
 
 
-def gram_stats(activations: torch.Tensor, center: bool = False) -> GramStats:
+def gram_stats(
+    activations: torch.Tensor, center: bool = False, exact_max_size: int | None = None
+) -> GramStats:
     """Form the float64 Gram statistics of a (n, k) activation matrix on its own device.
 
     Two to four tensor ops and no host synchronisation: cheap enough for a forward hook, safe on CUDA.
+    A matrix whose smaller side exceeds `exact_max_size` is estimated instead (`ndt.measure.estimate`:
+    bounded time and memory, a few host synchronisations); its metric values travel in ``estimate``.
 
     Args:
         activations: (n, k) tensor, any float dtype.
         center: subtract the column means from A (in float64, on its device) before the Gram; the
             statistics are then those of the centred matrix (`metrics_from_stats(center=True)`).
+        exact_max_size: largest min(n, k) decomposed exactly; None: always exact.
     """
     if activations.ndim != 2:
         raise ValueError(f"expected a (n_samples, n_features) matrix, got shape {tuple(activations.shape)}")
+    if exact_max_size is not None and min(activations.shape) > exact_max_size:
+        from ndt.measure.estimate import estimate_metrics
+
+        x = activations.detach()
+        x = x - x.mean(dim=0) if center else x
+        values = estimate_metrics(x)
+        est = torch.tensor([values[m] for m in METRIC_COLUMNS], dtype=torch.float64, device=x.device)
+        empty = torch.zeros(0, 0, dtype=torch.float64, device=x.device)
+        n, k = x.shape
+        return GramStats(gram=empty, mean=None, n_samples=n, n_features=k, centred=center, estimate=est)
     a = activations.detach().to(torch.float64)
     if center:
         a = a - a.mean(dim=0)
@@ -316,11 +340,14 @@ def metrics_from_stats(
     """
     n_layers = len(flats)
     finite = np.array([bool(np.isfinite(f).all()) for f in flats], dtype=bool)
+    # Estimated layers (size 0) bring their metric values; NaN values mean non-finite activations.
+    estimated = np.array([s == 0 for s in sizes], dtype=bool)
+    finite &= ~estimated | np.array([bool(np.isfinite(f).all()) for f in flats])
     groups: dict[tuple[int, bool], list[int]] = {}
-    for i in np.flatnonzero(finite):
+    for i in np.flatnonzero(finite & ~estimated):
         side = bool(n_samples[i] <= n_features[i]) if sample_sides is None else bool(sample_sides[int(i)])
         groups.setdefault((sizes[int(i)], side), []).append(int(i))
-    m_max = max(sizes, default=1)
+    m_max = max([*sizes, 1])  # 1: a batch of estimated layers only still has a (L, 1) spectrum
     # Eigenvalues zero-padded to m_max: zero singular values change no metric, and one (L, m_max)
     # array lets every metric run once for the whole batch.
     lam = np.zeros((n_layers, m_max))
@@ -343,6 +370,9 @@ def metrics_from_stats(
     out = {}
     for name in metrics:
         values = METRICS[name](sp)
+        col = METRIC_COLUMNS.index(name)
+        for i in np.flatnonzero(estimated):
+            values[i] = flats[int(i)][col]
         values[~finite] = np.nan
         out[name] = values
     return out, finite

@@ -72,6 +72,7 @@ from ndt.measure.capture import (
     SequenceReduction,
 )
 from ndt.measure.distributed import DistributedContext
+from ndt.measure.estimate import EXACT_MAX_SIZE
 from ndt.measure.series import layer_mean_series
 from ndt.measure.spectrum import GramStats, flat_size, metrics_from_stats, validate_metric_names
 from ndt.storage.parquet import MetricsWriter
@@ -144,6 +145,9 @@ class HighFrequencyTracker:
         conv_reduction: how (B, C, H, W) outputs become matrices: ``positions`` (every spatial
             position a row) or ``spatial_mean`` (the study's).
         max_rows: most rows a ``positions`` measurement keeps (fixed positions).
+        exact_max_size: layers whose measured matrix has min(n, k) above this are estimated
+            matrix-free (`ndt.measure.estimate`: bounded time and memory, within a few percent); None
+            decomposes every layer exactly.
         hook_point: ``pre`` (each module's output, the study's) or ``post`` (after the nonlinearity
             that follows it; see `ndt.measure.capture`).
         padding_mask: ``"auto"`` (the model's declared mask, or an ``attention_mask=`` keyword), a
@@ -178,6 +182,7 @@ class HighFrequencyTracker:
         sequence_reduction: SequenceReduction | str = "token_mean",
         conv_reduction: ConvReduction | str = "positions",
         max_rows: int = MAX_ROWS,
+        exact_max_size: int | None = EXACT_MAX_SIZE,
         hook_point: HookPoint | str = "pre",
         padding_mask: PaddingMask | str = "auto",
         flush_every: int = 50,
@@ -218,7 +223,9 @@ class HighFrequencyTracker:
             padding_mask=padding_mask,
             # centred on the activations (exact), where the Gram's rank-one correction would cancel;
             # under torchrun without a probe, summable uncentred statistics (centred once reduced)
-            transform=self.dist.transform(probe=self.probe is not None, center=center),
+            transform=self.dist.transform(
+                probe=self.probe is not None, center=center, exact_max_size=exact_max_size
+            ),
             grad_enabled_only=self.probe is None,
         ).attach()
         self._layer_index = {name: i for i, name in enumerate(self.capture.layer_names)}

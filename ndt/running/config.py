@@ -54,6 +54,7 @@ class TrackerConfig:
     conv_reduction: str = MISSING
     max_rows: int = MISSING
     hook_point: str = MISSING
+    exact_max_size: int | None = MISSING
     loggers: list[str] = field(default_factory=list)  # ndt.integrations.loggers.LOGGERS
 
 

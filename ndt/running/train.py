@@ -667,6 +667,7 @@ def _train(cfg: DictConfig, run_dir: Path, record: dict[str, Any]) -> dict[str, 
         sequence_reduction=cfg.tracker.sequence_reduction,
         conv_reduction=cfg.tracker.conv_reduction,
         max_rows=cfg.tracker.max_rows,
+        exact_max_size=cfg.tracker.exact_max_size,
         hook_point=cfg.tracker.hook_point,
         padding_mask="auto" if cfg.tracker.mask_padding else None,  # the model declares its mask
         flush_every=cfg.tracker.flush_every,

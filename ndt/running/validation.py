@@ -130,6 +130,9 @@ def check_config(cfg: DictConfig) -> list[str]:
     )
     need("tracker.hook_point", lambda v: v in HOOK_POINTS, f"must be one of {', '.join(HOOK_POINTS)}")
     int_at_least("tracker.max_rows", 1, "rows kept per conv measurement")
+    int_at_least(
+        "tracker.exact_max_size", 1, "largest Gram side decomposed exactly; null = always", optional=True
+    )
     need("protocol.name", lambda v: v in PROTOCOLS, f"must be one of {', '.join(PROTOCOLS)}")
     need(
         "protocol.detector",
