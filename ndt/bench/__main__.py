@@ -1,4 +1,4 @@
-"""`python -m ndt.bench [kernel] [overhead] [conv] [durability] [callbacks] [runs] [aggregate] [view]`: print the benchmark ratios measured in this run."""
+"""`python -m ndt.bench [kernel] [overhead] [conv] [durability] [callbacks] [runs] [aggregate] [view] [huge]`: print the benchmark ratios measured in this run."""
 
 from __future__ import annotations
 
@@ -9,13 +9,14 @@ import torch
 from ndt.aggregate.bench import bench_aggregate
 from ndt.bench.conv import bench_conv, report_conv
 from ndt.bench.durability import bench_durability, report_durability
+from ndt.bench.huge import bench_huge, report_huge
 from ndt.bench.kernel import bench_kernel, report_kernel
 from ndt.bench.overhead import bench_overhead, report_overhead
 from ndt.bench.runs import bench_runs, report_runs
 from ndt.bench.timing import machine_line
 from ndt.bench.view import bench_view, report_view
 
-BENCHES = ("kernel", "overhead", "conv", "durability", "callbacks", "runs", "aggregate", "view")
+BENCHES = ("kernel", "overhead", "conv", "durability", "callbacks", "runs", "aggregate", "view", "huge")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -58,6 +59,9 @@ def main(argv: list[str] | None = None) -> None:
             print(report_view(bench_view()), flush=True)
         except RuntimeError as err:  # no Chromium here: the other figures still count
             print(f"view: not measured: {err}", flush=True)
+
+    if "huge" in which:
+        print(report_huge(bench_huge()), flush=True)
 
 
 if __name__ == "__main__":
