@@ -187,13 +187,17 @@ def case_figure(
     shade(ax)
     for col in run.curves.columns:
         ax.plot(run.curves.index, run.curves[col], lw=1, label=col)
-    ax.plot(run.loss.index, run.loss.to_numpy(), lw=0.6, color="0.4", alpha=0.6, label="training loss")
     for t in run.truth_steps:
         ax.axvline(t, color="tab:green", lw=1)
+    ax.legend(fontsize=7, loc="upper right")
+    twin = ax.twinx()  # the loss has its own scale
+    twin.plot(run.loss.index, run.loss.to_numpy(), lw=0.6, color="0.4", alpha=0.6)
+    twin.set_ylabel("training loss (grey)", fontsize=7)
     ax.set_title(
-        f"case {run.case}, seed {run.seed}: truth (green windows) and events per detector", fontsize=9
+        f"case {run.case}, seed {run.seed}: truth curves and windows (green); events "
+        "(red: transition peak, grey dashed: init escape)",
+        fontsize=8,
     )
-    ax.legend(fontsize=7, loc="best")
     for ax, det in zip(axes[1:], detectors, strict=True):
         metric = metric_of[det]
         s = run.series(metric)
