@@ -80,7 +80,8 @@ from ndt.detect.robust import hampel_filter, mad_sd
 
 Direction = Literal["up", "down", "both"]
 
-#: Fewest samples in a segment (a line through 2 samples fits them exactly whatever the noise).
+#: Fewest samples in a segment: a line needs 2 (it then fits them exactly, which the penalty prices;
+#: at 50-step spacing a 100-step ramp has only 2 or 3 samples).
 MIN_SEGMENT_SAMPLES = 2
 #: Series shorter than this give no events (two minimal segments and a little more).
 MIN_SERIES_SAMPLES = 8
