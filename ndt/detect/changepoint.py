@@ -32,8 +32,8 @@ spacing). For a series x[0..m-1] at strictly increasing steps s[0..m-1]:
    by such a bump is its shoulder (a sigmoid's flank, a small jump inside a ramp) and joins it, unless
    it lasts longer than that bump (then it is a creep: dropped). Same-sign bumps separated by less
    than ``merge`` x T steps, or by one piece, merge (never beyond ``max_duration`` x T).
-6. **Tests**: a bump is a candidate when (a) its mean speed is at least ``contrast`` x the larger of v_bg
-   and the local background (the duration-weighted median |speed| over max(duration,
+6. **Tests**: a bump is a candidate when (a) its fastest piece's speed is at least ``contrast`` x the
+   larger of v_bg and the local background (the duration-weighted median |speed| over max(duration,
    ``local_window`` x T) steps on either side: a wiggle on a steady decline is not a transition);
    (b) it lasts at most ``max_duration`` x T steps (a change spread over a quarter of the run is
    growth); (c) |change| >= sqrt(threshold log m) sigma; (d) against the metric's own level v before
@@ -390,7 +390,8 @@ def detect_jumps_changepoint(
         min_segment: shortest segment, as a fraction of the run's span in steps.
         merge: same-sign candidates closer than this fraction of the span merge into one event.
         max_duration: longest transition, as a fraction of the span.
-        contrast: a transition's mean speed must be at least this multiple of the background speed.
+        contrast: a transition's fastest piece must be at least this multiple of the background speed
+            (the larger of the global and the local one).
         peak_fraction: a transition extends over neighbouring pieces at least this fraction as fast as
             its fastest piece.
         min_rel_effect: smallest |size| as a fraction of the fitted range after the escape (and, for
@@ -476,7 +477,7 @@ def detect_jumps_changepoint(
         change, duration = abs(ev_size(ev)), ev_duration(ev)
         background = max(v_bg, local_speed(ev)) if local_window > 0 else v_bg
         return (
-            change >= contrast * background * duration
+            abs(pieces[ev[2]].speed) >= contrast * background
             and duration <= max_duration * span
             and change >= min_size
         )
