@@ -125,6 +125,27 @@ def benchmark_table(
     return pd.DataFrame(rows, columns=list(COLUMNS))
 
 
+def runs_table(all_runs: dict[str, list[CaseRun]]) -> pd.DataFrame:
+    """One row per run and control: its truth steps, windows and the scalars it reported (`CaseRun.info`),
+    e.g. the final prefix-matching score of the layer-2 heads (case C) or the final test accuracy."""
+    rows = []
+    for case, runs in all_runs.items():
+        for r in runs:
+            info = {k: v for k, v in r.info.items() if not isinstance(v, list)}
+            rows.append(
+                {
+                    "case": case,
+                    "seed": r.seed,
+                    "control": r.control,
+                    "layer": r.layer,
+                    "truth_steps": "/".join(map(str, r.truth_steps)) or "-",
+                    "windows": " ".join(f"[{a},{b}]" for a, b in r.windows) or "-",
+                    **info,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
 def best_metrics(table: pd.DataFrame) -> pd.DataFrame:
     """Per detector, the metric passing the most cases (ties: higher mean hit rate, then fewer false alarms)."""
     g = (
@@ -248,8 +269,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     t_runs = time.perf_counter() - t0
     table = benchmark_table(all_runs, detectors, metrics)
     best = best_metrics(table)
+    per_run = runs_table(all_runs)
     a.out.mkdir(parents=True, exist_ok=True)
     table.to_csv(a.out / "validate.csv", index=False)
+    per_run.to_csv(a.out / "runs.csv", index=False)
     md = [
         f"# Validity benchmark ({a.seeds} seeds, cases {','.join(cases)})",
         "",
@@ -259,6 +282,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "",
         to_markdown(best),
         "",
+        "## Runs and controls",
+        "",
+        to_markdown(per_run),
+        "",
     ]
     (a.out / "validate.md").write_text("\n".join(md))
     if not a.no_figures:
@@ -266,12 +293,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         for case, runs in all_runs.items():
             case_figure(runs, detectors, metric_of, a.out / f"case_{case}.png")
     with pd.option_context("display.width", 250, "display.max_rows", 500, "display.max_columns", 30):
+        print("runs and controls (truth from each run; info it reported):")
+        print(per_run.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+        print("\nbenchmark (hit rates over runs; false alarms per run over runs and controls):")
         print(table.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
         print("\nbest metric per detector:")
         print(best.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
     print(
         f"\nruns {t_runs:.0f} s (cached runs are read, not trained), total {time.perf_counter() - t0:.0f} s; "
-        f"written {a.out / 'validate.csv'}, {a.out / 'validate.md'}"
+        f"written {a.out / 'validate.csv'}, {a.out / 'validate.md'}, {a.out / 'runs.csv'}"
         + ("" if a.no_figures else ", case_*.png")
     )
     return 0
