@@ -330,8 +330,8 @@ def test_entry_point_writes_table_and_figure_and_rescoring_reads_the_cache(tmp_p
 
 @pytest.fixture(scope="module")
 def slow_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[CaseRun]]:
-    """A: 3 seeds + 3 controls, B: 2 + 1, C: 1 + 1 (C dominates: 2.5 to 4 minutes a run with a load
-    average of 9 on the 2 cores, about 75 s alone; the plan A 3+3, B 2+2, C 2+1 took 9 min 14 s under that load)."""
+    """A: 3 seeds + 3 controls, B: 2 + 1, C: 1 + 1: measured 2 min 30 s for the slow tier at a load
+    average of about 4 on the 2 cores (C dominates: 75 s to 4 minutes a run, depending on that load)."""
     cache = tmp_path_factory.mktemp("validate_cache")
     plan = {"A": (3, 3), "B": (2, 1), "C": (1, 1)}
     return {
