@@ -78,6 +78,8 @@ class CaseRun:
         """`metric` of `layer` (default: the named layer) over steps; metric "loss" gives `loss`."""
         if metric == "loss":
             return self.loss
+        if metric not in self.rows.columns:
+            raise ValueError(f"unknown metric {metric!r}; choose a metric column of the rows or 'loss'")
         name = self.layer if layer is None else layer
         df = self.rows[self.rows["layer"] == name]
         if df.empty:
@@ -703,11 +705,15 @@ def run_case(
         path = _cache_path(Path(cache_dir), case, seed, control, spec)
         if (path / "meta.json").exists():
             return _read_cached(path)
-    torch.set_num_threads(1)  # tiny models: threads only contend for the 2 cores
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: more threads only contend for the cores (restored below)
     t0 = time.perf_counter()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)  # modules initialised by torch's global RNG are seeded too
-        fields_ = runner(spec, seed, control)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)  # modules initialised by torch's global RNG are seeded too
+            fields_ = runner(spec, seed, control)
+    finally:
+        torch.set_num_threads(threads)
     fields_["info"]["train_seconds"] = round(time.perf_counter() - t0, 2)
     run = CaseRun(case=case, seed=seed, control=control, loss=_loss_from_rows(fields_["rows"]), **fields_)
     if path is not None:
@@ -759,7 +765,3 @@ def _read_cached(path: Path) -> CaseRun:
         curves=pd.read_parquet(path / "curves.parquet"),
         info=meta["info"],
     )
-
-
-def _nan_to_none(x: float) -> float | None:
-    return None if math.isnan(x) else x
