@@ -70,8 +70,14 @@ import-legacy: install ## convert the study's JSON results in LEGACY_DIR into th
 validate-detector: install ## synthetic battery of the jump detectors (fails if robust misses its targets)
 	$(PY) -m ndt.validate.battery
 
+validate: install ## benchmark every detector on training runs with known transitions (cases A,B,C; cached under results/validate/cache)
+	$(PY) -m ndt.validate --cases A,B,C
+
+validate-slow: install ## the benchmark with the slow grokking case D as well
+	$(PY) -m ndt.validate --cases A,B,C,D
+
 clean: ## remove caches and build files (keeps results/ and .venv)
 	rm -rf .pytest_cache .mypy_cache .ruff_cache build dist *.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
-.PHONY: help install install-integrations run smoke sweep test test-fast lint format bench tables status view investigate import-legacy validate-detector clean
+.PHONY: help install install-integrations run smoke sweep test test-fast lint format bench tables status view investigate import-legacy validate-detector validate validate-slow clean

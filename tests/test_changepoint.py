@@ -142,3 +142,27 @@ def test_optimal_partition_finds_the_kinks_of_a_polyline() -> None:
     starts = optimal_partition(t, y, penalty=1e-4, min_duration=0.05)
     assert starts[0] == 0 and len(starts) == 3
     assert abs(t[starts[1]] - 0.3) <= 0.02 and abs(t[starts[2]] - 0.6) <= 0.02
+
+
+@pytest.mark.slow
+def test_deep_linear_staircase_modes_found_and_control_quiet() -> None:
+    """Case A of the benchmark: the hidden layer's PR collapses, then rises as modes 2 and 3 are learnt.
+
+    The truth windows come from the run's own mode strengths (``ndt.validate.truth``), not from the
+    detector; the control (rank-1 target) has only the collapse.
+    """
+    from ndt.validate.cases import run_case
+    from ndt.validate.score import score_events
+
+    for seed in (0, 1):
+        for control in (False, True):
+            run = run_case("A", seed, control)
+            series = run.series("participation_ratio")
+            res = detect_jumps_changepoint(series.to_numpy(), series.index.to_numpy())
+            assert len(res.init_escape) == 1 and res.init_escape[0].size < 0  # the collapse, apart
+            score = score_events([*res.events, *res.init_escape], run.windows, run.n_steps, run.min_hits)
+            assert score.false_alarms == 0
+            if control:
+                assert score.n_events == 0
+            else:
+                assert score.hit and {1, 2} <= set(score.windows_hit)  # modes 2 and 3

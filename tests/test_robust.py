@@ -83,13 +83,22 @@ def test_hampel_and_mad_by_hand() -> None:
     np.testing.assert_array_equal(hampel_filter(step, window=3), step)  # a step survives
 
 
-def test_battery_robust_passes_and_study_does_not() -> None:
+def test_battery_robust_passes_study_does_not_and_changepoint_finds_sigmoids() -> None:
     results = battery.run_battery(cfg=battery.BatteryConfig(n_series=40, seed=1))
     assert battery.failures(results, "robust") == []
     study_noise = results[(results.detector == "study") & (results.series_class == "noise")]
     assert float(study_noise["false_per_1000"].iloc[0]) > battery.FALSE_PER_1000_TARGET
     planted = results[results.series_class == "planted"]
     assert (planted["planted"] > 40).all() and planted["recall"].between(0, 1).all()
+    # Smooth transitions: the changepoint detector finds them (and keeps the escape apart) where the
+    # window-based detectors do not; it stays quiet on both null classes.
+    rows = results.set_index(["detector", "series_class"])
+    for kind in ("sigmoid", "collapse"):
+        assert rows.loc[("changepoint", kind), "recall"] >= 0.8
+        assert rows.loc[("robust", kind), "recall"] < 0.2
+        assert rows.loc[("changepoint", kind), "false_per_1000"] <= battery.FALSE_PER_1000_TARGET
+    for kind in battery.NULL_CLASSES:
+        assert rows.loc[("changepoint", kind), "false_per_1000"] <= battery.FALSE_PER_1000_TARGET
 
 
 def test_battery_entry_point_exit_status(capsys: pytest.CaptureFixture[str]) -> None:

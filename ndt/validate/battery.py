@@ -1,12 +1,20 @@
 """The validity battery of the jump detectors: planted transitions and null series, seeded.
 
-Three classes of synthetic series, each of ``n_series`` series of ``length`` samples:
+Five classes of synthetic series, each of ``n_series`` series of ``length`` samples:
 
 - **planted**: TAP-like growth ``D / (1 + exp(-a (t - t0)))`` with D ~ U(5, 30), a ~ U(3, 10),
   t0 ~ U(0.3, 0.7) (t in [0, 1]), Gaussian noise of SD ``sd = f D`` with f ~ U(0.005, 0.02), and 1 to 3
   upward steps of height U(4, 10) sd, at least ``edge`` samples from either end and ``min_gap``
   apart. A planted step at index p (x[p:] raised) is recalled when a detection lies within
   ``tolerance`` samples of p.
+- **sigmoid**: a flat level with unit white noise and 1 or 2 smooth logistic transitions (rise or fall
+  at random) of height U(6, 15) noise SDs and 10%-90% width U(4, 40) samples; one is recalled by a
+  detection within max(``tolerance``, width / 2) of its midpoint. Transitions in training runs look
+  like this, not like steps.
+- **collapse**: the sigmoid class after a leading collapse from U(20, 40) noise SDs above the level
+  (midpoint U(5, 15) samples, width U(4, 12)): the escape from initialisation. Its later rises and
+  falls are scored as in sigmoid; a detection of the collapse is a false detection: the escape is not
+  a transition.
 - **noise** (null): white Gaussian noise around a random level; no transition.
 - **drift** (null): the same growth as planted plus a slow sinusoid (amplitude 0.1 D, 0.5 to 2
   periods per series) and the same noise; smooth, no transition.
@@ -15,7 +23,8 @@ A detection is one event (its peak index): the study's detector flags runs of co
 each run is one transition in its own account; the ``flagged`` columns also give its per-index count.
 The targets the project ships: recall >= 0.75 on planted, and <= 2 false detections per 1,000 samples
 on each null class. ``python -m ndt.validate.battery`` prints the table for every detector and exits
-1 when `robust` misses a target.
+1 when `robust` misses a target (its targets are on planted, noise and drift; sigmoid and collapse
+are reported for every detector, with no target yet).
 """
 
 from __future__ import annotations
@@ -39,6 +48,8 @@ BatteryDetector = Callable[[np.ndarray], tuple[np.ndarray, int]]
 RECALL_TARGET = 0.75
 FALSE_PER_1000_TARGET = 2.0
 NULL_CLASSES = ("noise", "drift")
+#: Classes with planted transitions: generator(rng, cfg) -> (series, positions, tolerances).
+PLANTED_CLASSES = ("planted", "sigmoid", "collapse")
 
 
 @dataclass(frozen=True)
@@ -84,6 +95,43 @@ def planted_series(rng: np.random.Generator, cfg: BatteryConfig) -> tuple[np.nda
     for p in pos:
         x[p:] += rng.uniform(*cfg.step_sd) * sd
     return x, pos
+
+
+def _sigmoids(
+    rng: np.random.Generator, cfg: BatteryConfig, lo: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(length,) sum of 1 or 2 logistic transitions after index `lo`, their midpoints and tolerances."""
+    i = np.arange(cfg.length, dtype=np.float64)
+    k = int(rng.integers(1, 3))
+    widths = rng.uniform(4, 40, size=k)
+    margin = cfg.edge + int(widths.max())
+    while True:  # well-separated midpoints, a few draws at most
+        mids = np.sort(rng.uniform(lo + margin, cfg.length - margin, size=k))
+        if k == 1 or np.diff(mids).min() >= cfg.min_gap + widths.sum():
+            break
+    x = np.zeros(cfg.length)
+    for mid, width in zip(mids, widths, strict=True):
+        height = rng.uniform(6, 15) * rng.choice([-1.0, 1.0])
+        x += height / (1 + np.exp(-2 * np.log(9) / width * (i - mid)))  # 10%-90% span = width
+    tol = np.maximum(cfg.tolerance, widths / 2)
+    return x, np.round(mids).astype(np.int64), tol
+
+
+def sigmoid_series(rng: np.random.Generator, cfg: BatteryConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One sigmoid-class series, its transition midpoints and their tolerances, shapes (length,), (k,), (k,)."""
+    x, mids, tol = _sigmoids(rng, cfg, 0)
+    return rng.uniform(-5, 5) + x + rng.normal(0.0, 1.0, cfg.length), mids, tol
+
+
+def collapse_series(
+    rng: np.random.Generator, cfg: BatteryConfig
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A collapse-class series and its later transitions' midpoints and tolerances (the collapse is none)."""
+    i = np.arange(cfg.length, dtype=np.float64)
+    mid, width = rng.uniform(5, 15), rng.uniform(4, 12)
+    collapse = rng.uniform(20, 40) * (1 - 1 / (1 + np.exp(-2 * np.log(9) / width * (i - mid))))
+    x, mids, tol = _sigmoids(rng, cfg, int(np.ceil(mid + width)))
+    return rng.uniform(-5, 5) + collapse + x + rng.normal(0.0, 1.0, cfg.length), mids, tol
 
 
 def null_series(rng: np.random.Generator, cfg: BatteryConfig, kind: str) -> np.ndarray:
@@ -138,24 +186,34 @@ def run_battery(
     """
     cfg = cfg or BatteryConfig()
     rng = np.random.default_rng(cfg.seed)
-    planted = [planted_series(rng, cfg) for _ in range(cfg.n_series)]
+    steps = [planted_series(rng, cfg) for _ in range(cfg.n_series)]
     nulls = {kind: [null_series(rng, cfg, kind) for _ in range(cfg.n_series)] for kind in NULL_CLASSES}
+    # Drawn after the original classes, so that those stay the series they always were for a seed.
+    sig = [sigmoid_series(rng, cfg) for _ in range(cfg.n_series)]
+    col = [collapse_series(rng, cfg) for _ in range(cfg.n_series)]
+    planted: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {
+        "planted": [(x, pos, np.full(pos.size, float(cfg.tolerance))) for x, pos in steps],
+        "sigmoid": sig,
+        "collapse": col,
+    }
     rows = []
     samples = cfg.n_series * cfg.length
     for name, detect in detectors.items():
-        n_det = n_rec = n_false = n_flag = n_planted = 0
-        for x, pos in planted:
-            found, flagged = detect(x)
-            # (k, d) distances between planted steps and detections
-            close = np.abs(pos[:, None] - found[None, :]) <= cfg.tolerance
-            n_planted += pos.size
-            n_rec += int(close.any(axis=1).sum())
-            n_false += int((~close.any(axis=0)).sum())
-            n_det += found.size
-            n_flag += flagged
-        rows.append(_row(name, "planted", cfg, samples, n_planted, n_det, n_rec, n_false, n_flag))
-        for kind, series in nulls.items():
-            results = [detect(x) for x in series]
+        for kind, series in planted.items():
+            n_det = n_rec = n_false = n_flag = n_planted = 0
+            for x, pos, tol in series:
+                found, flagged = detect(x)
+                # (k, d) distances between planted transitions and detections
+                close = np.abs(pos[:, None] - found[None, :]) <= tol[:, None]
+                n_planted += pos.size
+                n_rec += int(close.any(axis=1).sum())
+                # unmatched detections are false, the collapse reported as a transition among them
+                n_false += int((~close.any(axis=0)).sum())
+                n_det += found.size
+                n_flag += flagged
+            rows.append(_row(name, kind, cfg, samples, n_planted, n_det, n_rec, n_false, n_flag))
+        for kind, nseries in nulls.items():
+            results = [detect(x) for x in nseries]
             n_det = sum(found.size for found, _ in results)
             n_flag = sum(flagged for _, flagged in results)
             rows.append(_row(name, kind, cfg, samples, 0, n_det, 0, n_det, n_flag))

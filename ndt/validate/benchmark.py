@@ -125,6 +125,35 @@ def benchmark_table(
     return pd.DataFrame(rows, columns=list(COLUMNS))
 
 
+def case_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """Per (case, detector), its best metric on that case: passing first, then hit rate, then fewer false alarms."""
+    order = table.sort_values(
+        ["case", "detector", "pass", "hit_rate", "false_alarms"], ascending=[True, True, False, False, True]
+    )
+    return order.groupby(["case", "detector"], sort=False).head(1).reset_index(drop=True)
+
+
+def runs_table(all_runs: dict[str, list[CaseRun]]) -> pd.DataFrame:
+    """One row per run and control: its truth steps, windows and the scalars it reported (`CaseRun.info`),
+    e.g. the final prefix-matching score of the layer-2 heads (case C) or the final test accuracy."""
+    rows = []
+    for case, runs in all_runs.items():
+        for r in runs:
+            info = {k: v for k, v in r.info.items() if not isinstance(v, list)}
+            rows.append(
+                {
+                    "case": case,
+                    "seed": r.seed,
+                    "control": r.control,
+                    "layer": r.layer,
+                    "truth_steps": "/".join(map(str, r.truth_steps)) or "-",
+                    "windows": " ".join(f"[{a},{b}]" for a, b in r.windows) or "-",
+                    **info,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
 def best_metrics(table: pd.DataFrame) -> pd.DataFrame:
     """Per detector, the metric passing the most cases (ties: higher mean hit rate, then fewer false alarms)."""
     g = (
@@ -187,13 +216,17 @@ def case_figure(
     shade(ax)
     for col in run.curves.columns:
         ax.plot(run.curves.index, run.curves[col], lw=1, label=col)
-    ax.plot(run.loss.index, run.loss.to_numpy(), lw=0.6, color="0.4", alpha=0.6, label="training loss")
     for t in run.truth_steps:
         ax.axvline(t, color="tab:green", lw=1)
+    ax.legend(fontsize=7, loc="upper right")
+    twin = ax.twinx()  # the loss has its own scale
+    twin.plot(run.loss.index, run.loss.to_numpy(), lw=0.6, color="0.4", alpha=0.6)
+    twin.set_ylabel("training loss (grey)", fontsize=7)
     ax.set_title(
-        f"case {run.case}, seed {run.seed}: truth (green windows) and events per detector", fontsize=9
+        f"case {run.case}, seed {run.seed}: truth curves and windows (green); events "
+        "(red: transition peak, grey dashed: init escape)",
+        fontsize=8,
     )
-    ax.legend(fontsize=7, loc="best")
     for ax, det in zip(axes[1:], detectors, strict=True):
         metric = metric_of[det]
         s = run.series(metric)
@@ -244,16 +277,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     t_runs = time.perf_counter() - t0
     table = benchmark_table(all_runs, detectors, metrics)
     best = best_metrics(table)
+    per_run = runs_table(all_runs)
+    summary = case_summary(table)
     a.out.mkdir(parents=True, exist_ok=True)
+    summary.to_csv(a.out / "summary.csv", index=False)
     table.to_csv(a.out / "validate.csv", index=False)
+    per_run.to_csv(a.out / "runs.csv", index=False)
     md = [
         f"# Validity benchmark ({a.seeds} seeds, cases {','.join(cases)})",
+        "",
+        "## Per case and detector, its best metric",
+        "",
+        to_markdown(summary),
+        "",
+        "## Every (case, detector, metric)",
         "",
         to_markdown(table),
         "",
         "## Best metric per detector",
         "",
         to_markdown(best),
+        "",
+        "## Runs and controls",
+        "",
+        to_markdown(per_run),
         "",
     ]
     (a.out / "validate.md").write_text("\n".join(md))
@@ -262,12 +309,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         for case, runs in all_runs.items():
             case_figure(runs, detectors, metric_of, a.out / f"case_{case}.png")
     with pd.option_context("display.width", 250, "display.max_rows", 500, "display.max_columns", 30):
+        print("runs and controls (truth from each run; info it reported):")
+        print(per_run.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+        print("\nbenchmark (hit rates over runs; false alarms per run over runs and controls):")
         print(table.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+        print("\nper case and detector, its best metric:")
+        print(summary.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
         print("\nbest metric per detector:")
         print(best.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
     print(
         f"\nruns {t_runs:.0f} s (cached runs are read, not trained), total {time.perf_counter() - t0:.0f} s; "
-        f"written {a.out / 'validate.csv'}, {a.out / 'validate.md'}"
+        f"written {a.out / 'validate.csv'}, {a.out / 'validate.md'}, {a.out / 'runs.csv'}"
         + ("" if a.no_figures else ", case_*.png")
     )
     return 0

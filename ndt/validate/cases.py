@@ -78,6 +78,8 @@ class CaseRun:
         """`metric` of `layer` (default: the named layer) over steps; metric "loss" gives `loss`."""
         if metric == "loss":
             return self.loss
+        if metric not in self.rows.columns:
+            raise ValueError(f"unknown metric {metric!r}; choose a metric column of the rows or 'loss'")
         name = self.layer if layer is None else layer
         df = self.rows[self.rows["layer"] == name]
         if df.empty:
@@ -532,6 +534,127 @@ def _run_copying(spec: CopySpec, seed: int, control: bool) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class GrokkingSpec:
+    """Case D (slow tier): modular addition grokked by a 1-layer transformer (Nanda et al. 2023 recipe).
+
+    Inputs are the tokens (a, b, "="), a, b in [0, p); the label (a + b) mod p is read at "=". One
+    attention block (d_head = d_model / n_heads) and one ReLU MLP, no LayerNorm, learned positions;
+    full-batch AdamW with weight decay 1 and a 10-step linear warm-up. The control trains on 90% of the
+    pairs and generalises early.
+
+    Attributes:
+        p: the modulus.
+        train_frac: share of the p^2 pairs in the training set (the control: `control_train_frac`).
+        d_model, n_heads, d_mlp: the model.
+        lr, weight_decay, betas, warmup: AdamW and its warm-up (epochs).
+        n_epochs: full-batch steps (Nanda et al. see t_g near 10,000 at train_frac 0.3; not yet measured here).
+        sampling_frequency: tracker period, in epochs.
+        eval_every: test-loss period, in epochs.
+        n_probe: pairs (from all p^2) in the tracker's probe.
+        test_loss_level: t_g is the first evaluated epoch with test loss below this.
+        window_rel: hit window t_g +- window_rel t_g.
+    """
+
+    p: int = 113
+    train_frac: float = 0.3
+    control_train_frac: float = 0.9
+    d_model: int = 128
+    n_heads: int = 4
+    d_mlp: int = 512
+    lr: float = 1e-3
+    weight_decay: float = 1.0
+    betas: tuple[float, float] = (0.9, 0.98)
+    warmup: int = 10
+    n_epochs: int = 20000
+    sampling_frequency: int = 40
+    eval_every: int = 20
+    n_probe: int = 512
+    test_loss_level: float = 1.0
+    window_rel: float = 0.10
+
+
+class Grokker(nn.Module):
+    """One attention block and one ReLU MLP on a residual stream; logits at the last position."""
+
+    def __init__(self, vocab: int, n_out: int, seq_len: int, d_model: int, n_heads: int, d_mlp: int) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, d_model)
+        self.pos = nn.Parameter(torch.randn(seq_len, d_model) / math.sqrt(d_model))
+        self.attn = CausalSelfAttention(d_model, n_heads)
+        self.mlp_in = nn.Linear(d_model, d_mlp)
+        self.mlp_out = nn.Linear(d_mlp, d_model)
+        self.unembed = nn.Linear(d_model, n_out, bias=False)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, 3) int64 -> (B, n_out) logits read at the last position."""
+        x = self.embed(tokens) + self.pos
+        # With one block the MLP at positions 0 and 1 never reaches the logits: apply it at "=" only
+        # (the same function, a third of the MLP's cost; the tracker sees the "=" position's MLP).
+        x = (x + self.attn(x))[:, -1]
+        x = x + self.mlp_out(torch.relu(self.mlp_in(x)))
+        return self.unembed(x)
+
+
+def _run_grokking(spec: GrokkingSpec, seed: int, control: bool) -> dict[str, Any]:
+    # 20,000 full-batch epochs: hours on one CPU core, about a minute on a GPU (used when present).
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    gen = _seeded(seed)
+    p = spec.p
+    a, b = torch.meshgrid(torch.arange(p), torch.arange(p), indexing="ij")
+    tokens = torch.stack([a.flatten(), b.flatten(), torch.full((p * p,), p)], dim=1)  # "=" is token p
+    labels = (tokens[:, 0] + tokens[:, 1]) % p
+    perm = torch.randperm(p * p, generator=gen)
+    n_train = round((spec.control_train_frac if control else spec.train_frac) * p * p)
+    train, test = perm[:n_train], perm[n_train:]
+    probe = tokens[torch.randperm(p * p, generator=gen)[: spec.n_probe]]
+    model = Grokker(p + 1, p, 3, spec.d_model, spec.n_heads, spec.d_mlp)
+    model.to(device)
+    tokens, labels, train, test = tokens.to(device), labels.to(device), train.to(device), test.to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay, betas=spec.betas)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: min(1.0, (e + 1) / spec.warmup))
+    tracker = HighFrequencyTracker(
+        model,
+        sampling_frequency=spec.sampling_frequency,
+        probe=probe,
+        writer=None,
+        sequence_reduction="tokens",
+        seed=seed,
+        arch="grokker",
+        dataset="modadd_control" if control else "modadd",
+    )
+    eval_steps, test_losses, test_accs = [], [], []
+    with tracker:
+        for epoch in range(spec.n_epochs):
+            loss = nn.functional.cross_entropy(model(tokens[train]), labels[train])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            tracker.log(epoch, loss.item())
+            if epoch % spec.eval_every == 0:
+                with torch.no_grad():
+                    logits = model(tokens[test])
+                eval_steps.append(epoch)
+                test_losses.append(float(nn.functional.cross_entropy(logits, labels[test])))
+                test_accs.append(float((logits.argmax(-1) == labels[test]).float().mean()))
+        rows = tracker.get_results()
+    t_g = truth.first_crossing(eval_steps, test_losses, spec.test_loss_level, above=False)
+    truth_steps = [] if t_g is None else [t_g]
+    return {
+        "rows": rows,
+        "truth_steps": truth_steps,
+        "windows": [truth.window(t, spec.window_rel, 0) for t in truth_steps],
+        "layer": "mlp_in",
+        "min_hits": 1,
+        "n_steps": spec.n_epochs,
+        "curves": pd.DataFrame(
+            {"test_loss": test_losses, "test_accuracy": test_accs}, index=pd.Index(eval_steps, name="step")
+        ),
+        "info": {"final_test_loss": test_losses[-1], "final_test_accuracy": test_accs[-1]},
+    }
+
+
 # ---------------------------------------------------------------------------------------------- registry
 
 #: case -> (default spec, runner(spec, seed, control) -> CaseRun fields).
@@ -539,6 +662,7 @@ CASES: dict[str, tuple[Any, Callable[[Any, int, bool], dict[str, Any]]]] = {
     "A": (StaircaseSpec(), _run_staircase),
     "B": (ParitySpec(), _run_parity),
     "C": (CopySpec(), _run_copying),
+    "D": (GrokkingSpec(), _run_grokking),
 }
 
 #: Cases in the fast tier (`make validate`); the rest run only in `make validate-slow`.
@@ -581,11 +705,15 @@ def run_case(
         path = _cache_path(Path(cache_dir), case, seed, control, spec)
         if (path / "meta.json").exists():
             return _read_cached(path)
-    torch.set_num_threads(1)  # tiny models: threads only contend for the 2 cores
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: more threads only contend for the cores (restored below)
     t0 = time.perf_counter()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)  # modules initialised by torch's global RNG are seeded too
-        fields_ = runner(spec, seed, control)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)  # modules initialised by torch's global RNG are seeded too
+            fields_ = runner(spec, seed, control)
+    finally:
+        torch.set_num_threads(threads)
     fields_["info"]["train_seconds"] = round(time.perf_counter() - t0, 2)
     run = CaseRun(case=case, seed=seed, control=control, loss=_loss_from_rows(fields_["rows"]), **fields_)
     if path is not None:
@@ -637,7 +765,3 @@ def _read_cached(path: Path) -> CaseRun:
         curves=pd.read_parquet(path / "curves.parquet"),
         info=meta["info"],
     )
-
-
-def _nan_to_none(x: float) -> float | None:
-    return None if math.isnan(x) else x
