@@ -336,6 +336,7 @@ for step in range(7):
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", ["bg", "inline"])
 @pytest.mark.parametrize(
     "ending", ["pass  # alive at interpreter exit", "del tracker; import gc; gc.collect()"]
