@@ -230,6 +230,15 @@ def test_crash_states_resume_to_the_reference_rows(
     assert_reference_rows(run_dir, ref_rows)
     assert read_run_json(run_dir)["segments"][-1]["start_step"] == 30
 
+    # 5. A complete run whose part was damaged since: the rerun reopens it and recomputes the rows.
+    run_dir = tmp_path / "damaged_done" / "single" / RUN
+    shutil.copytree(ref_dir, run_dir)
+    victim = list_parts(run_dir / "metrics")[-1]
+    os.truncate(victim, 10)
+    resume("damaged_done")
+    assert_reference_rows(run_dir, ref_rows)
+    assert (run_dir / DONE_MARKER).exists() and (run_dir / SET_ASIDE_DIR / "metrics" / victim.name).exists()
+
     # 4. A stale lock file of a dead process: taken over, nothing blocked.
     run_dir = crash_copy(ref_dir, tmp_path / "stale_lock")
     (run_dir / "checkpoints" / "step_000060.pt").unlink()
@@ -327,6 +336,7 @@ for step in range(7):
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", ["bg", "inline"])
 @pytest.mark.parametrize(
     "ending", ["pass  # alive at interpreter exit", "del tracker; import gc; gc.collect()"]

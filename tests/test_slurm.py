@@ -425,3 +425,23 @@ def test_time_out_requeues_at_most_max_num_timeout_times(
     assert record["status"] == "failed" and "timed-out too many times" in record["error"]
     (run,) = sweep_status(tmp_path / "timeout").runs
     assert run.state == "failed" and run.reason is not None and "timed-out too many times" in run.reason
+
+
+@pytest.mark.slow
+def test_a_request_no_node_can_satisfy_is_refused_at_once(
+    tmp_path: Path, slurm_cluster: None, job_name: str
+) -> None:
+    # The test node has every CPU of the machine: one more cannot be granted, and SLURM would only wait.
+    too_many = (os.cpu_count() or 1) + 1
+    overrides = [a for a in on_cluster(job_name) if not a.startswith("hydra.launcher.cpus_per_task=")]
+    done = run_ndt(
+        "-m",
+        *overrides,
+        f"hydra.launcher.cpus_per_task={too_many}",
+        *training("refused", max_steps=10),
+        f"paths.results_dir={tmp_path}",
+        timeout=180,
+    )
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert f"no node of SLURM partition {PARTITION} can run a job asking for {too_many} CPUs" in done.stderr
+    assert not (tmp_path / "refused").exists()  # nothing submitted, nothing written

@@ -46,6 +46,7 @@ from ndt.running.checkpoint import (
     save_checkpoint,
 )
 from ndt.running.validation import validate_config
+from ndt.storage.durable import unlink_durably
 from ndt.storage.layout import (
     CHECKPOINT_DIR,
     DONE_MARKER,
@@ -60,7 +61,13 @@ from ndt.storage.layout import (
     write_run_json,
 )
 from ndt.storage.lock import run_lock
-from ndt.storage.parquet import MetricsWriter, list_parts, read_metrics, set_aside_unreadable_parts
+from ndt.storage.parquet import (
+    MetricsWriter,
+    list_parts,
+    read_metrics,
+    set_aside_unreadable_parts,
+    unreadable_parts,
+)
 
 log = logging.getLogger("ndt.run")
 
@@ -338,6 +345,15 @@ def run_experiment(cfg: DictConfig) -> dict[str, Any]:
     with lock, run_log_file(run_dir):
         config: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
         check_same_experiment(run_dir, config)
+        if is_complete(run_dir) and (damaged := unreadable_parts(run_dir / METRICS_DIR)):
+            # A finished run whose rows were damaged on disk since: reopen it, so that the resume
+            # sets the parts aside and recomputes their rows (from the checkpoint before them).
+            log.warning(
+                "%s is complete but its part(s) %s cannot be read: resuming it to recompute them",
+                run_dir.name,
+                ", ".join(p.name for p in damaged),
+            )
+            unlink_durably(run_dir / DONE_MARKER)
         if is_complete(run_dir):
             record = read_run_json(run_dir)
             log.info(

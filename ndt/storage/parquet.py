@@ -64,6 +64,17 @@ def check_part(path: Path) -> None:
         raise UnreadablePartError(path, err) from err
 
 
+def unreadable_parts(path: str | os.PathLike[str]) -> list[Path]:
+    """The parts of a store that fail `check_part` (each read whole), in part order."""
+    bad = []
+    for part in list_parts(path):
+        try:
+            check_part(part)
+        except UnreadablePartError:
+            bad.append(part)
+    return bad
+
+
 def set_aside_unreadable_parts(path: str | os.PathLike[str], aside_dir: str | os.PathLike[str]) -> list[Path]:
     """Move every part of a store that fails `check_part` into `aside_dir`.
 
@@ -75,21 +86,18 @@ def set_aside_unreadable_parts(path: str | os.PathLike[str], aside_dir: str | os
         The new paths of the parts moved, in part order (empty when every part reads).
     """
     moved = []
-    for part in list_parts(path):
-        try:
-            check_part(part)
-        except UnreadablePartError:
-            dest_dir = Path(aside_dir)
-            dest_dir.mkdir(parents=True, exist_ok=True)
-            dest = dest_dir / part.name
-            n = 1
-            while dest.exists():
-                dest = dest_dir / f"{part.name}.{n}"
-                n += 1
-            os.replace(part, dest)
-            fsync_dir(part.parent)
-            fsync_dir(dest_dir)
-            moved.append(dest)
+    for part in unreadable_parts(path):
+        dest_dir = Path(aside_dir)
+        dest_dir.mkdir(parents=True, exist_ok=True)
+        dest = dest_dir / part.name
+        n = 1
+        while dest.exists():
+            dest = dest_dir / f"{part.name}.{n}"
+            n += 1
+        os.replace(part, dest)
+        fsync_dir(part.parent)
+        fsync_dir(dest_dir)
+        moved.append(dest)
     return moved
 
 
