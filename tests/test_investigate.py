@@ -175,17 +175,17 @@ def test_jumps_are_ranked_by_magnitude_and_bracketed_by_their_neighbours() -> No
     jumps = detect_jumps(values, steps)
     big, small = rank_events(jumps)
     assert big.start_step > small.start_step and big.peak_magnitude > small.peak_magnitude
-    moments, _ = choose_moments(steps, values, max_steps=400, jump=1)
+    moments, _ = choose_moments(steps, values, max_steps=400, jump=1, detector="study")
     # before = the measurement before the first flagged one, after = the one after the last flagged one
     assert (moments.before, moments.after) == (big.start_step - 5, big.end_step + 5)
     assert moments.before < 275 <= moments.after  # the rise happens between steps 270 and 275
     assert moments.steps_done == (moments.before + 1, moments.after + 1)
-    second, _ = choose_moments(steps, values, max_steps=400, jump=2)
+    second, _ = choose_moments(steps, values, max_steps=400, jump=2, detector="study")
     assert (second.before, second.after) == (small.start_step - 5, small.end_step + 5)
     assert second.before < 100 <= second.after
     assert second.label == f"{second.before}-{second.after}"
     with pytest.raises(InvestigationError, match=r"jump=3 does not exist: .* has 2 jump event"):
-        choose_moments(steps, values, max_steps=400, jump=3)
+        choose_moments(steps, values, max_steps=400, jump=3, detector="study")
 
 
 def test_step_rounds_to_a_measured_step_and_is_compared_with_the_one_before() -> None:

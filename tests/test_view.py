@@ -281,6 +281,7 @@ def test_grid_uses_ndt_status_and_finds_the_sweep(tmp_path: Path) -> None:
 
 
 def test_reports_are_linked_and_commands_match_investigate(tmp_path: Path) -> None:
+    from ndt.detect import DEFAULT_DETECTOR
     from ndt.report import investigation, moments
 
     sweep = tmp_path / "sweep"
@@ -294,7 +295,7 @@ def test_reports_are_linked_and_commands_match_investigate(tmp_path: Path) -> No
     assert event["report"] is None
     assert event["command"] == (
         f"python -m ndt.investigate {sweep / 'mlp_narrow__digits__s0'} jump=1 metric=participation_ratio "
-        "detector=study"
+        f"detector={DEFAULT_DETECTOR}"
     )
     # The report ndt.investigate would write for that event, in its directory and with its summary keys.
     steps = ALL_STEPS
@@ -304,11 +305,11 @@ def test_reports_are_linked_and_commands_match_investigate(tmp_path: Path) -> No
     out = sweep / "mlp_narrow__digits__s0" / investigation.INVESTIGATE_DIR / chosen.label
     out.mkdir(parents=True)
     (out / investigation.REPORT_FILE).write_text("<html>report</html>")
-    summary = {"selection": {"metric": "participation_ratio", "detector": "study"},
+    summary = {"selection": {"metric": "participation_ratio", "detector": DEFAULT_DETECTOR},
                "event": {"start_step": ranked[0].start_step, "end_step": ranked[0].end_step}}  # fmt: skip
     (out / "summary.json").write_text(json.dumps(summary))
     assert find_reports(sweep / "mlp_narrow__digits__s0") == {
-        ("participation_ratio", "study", ranked[0].start_step, ranked[0].end_step): chosen.label
+        ("participation_ratio", DEFAULT_DETECTOR, ranked[0].start_step, ranked[0].end_step): chosen.label
     }
     results.refresh(force=True)
     view = results.sweep("sweep").run_view(
