@@ -30,6 +30,27 @@ from ndt.measure.tracker import HighFrequencyTracker, RowSink
 from ndt.storage.parquet import MetricsWriter, list_parts, read_metrics
 
 
+class TrackerAccess:
+    """What both callbacks expose once training ran: the tracker, its rows and its jumps (via ``core``)."""
+
+    core: TrackedSteps
+
+    @property
+    def tracker(self) -> HighFrequencyTracker | None:
+        """The tracker (None before training starts and on processes that do not measure)."""
+        return self.core.tracker
+
+    def get_results(self) -> pd.DataFrame:
+        """All rows so far: one per (step, layer), columns as in `ndt.storage.schema`."""
+        return self.core.get_results()
+
+    def detect_jumps(
+        self, metric: str = "stable_rank", layer: str | None = None, detector: str | Detector | None = None
+    ) -> Jumps:
+        """Jumps of `metric` (layer mean, or one layer), as `HighFrequencyTracker.detect_jumps`."""
+        return self.core.detect_jumps(metric, layer, detector)
+
+
 class TrackedSteps:
     """One `HighFrequencyTracker` fed by a framework's ``global_step`` (see the module docstring).
 

@@ -38,17 +38,15 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-import pandas as pd
 import torch
 import transformers
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 from transformers.pytorch_utils import Conv1D
 
-from ndt.detect import Detector, Jumps
-from ndt.integrations._core import TrackedSteps, loss_of
+from ndt.integrations._core import TrackedSteps, TrackerAccess, loss_of
 from ndt.measure.capture import select_layers
-from ndt.measure.tracker import HighFrequencyTracker, RowSink
+from ndt.measure.tracker import RowSink
 from ndt.storage.parquet import MetricsWriter
 
 
@@ -58,7 +56,7 @@ def hf_default_layers(model: nn.Module) -> list[str]:
     return [n for n, m in model.named_modules() if n in chosen or isinstance(m, Conv1D)]
 
 
-class DimensionalityCallback(transformers.TrainerCallback):
+class DimensionalityCallback(TrackerAccess, transformers.TrainerCallback):
     """Measure every layer's dimensionality during ``Trainer.train`` (see the module docstring).
 
     Args: as `ndt.integrations.lightning.DimensionalityCallback`.
@@ -86,21 +84,6 @@ class DimensionalityCallback(transformers.TrainerCallback):
         self._loss_hook: RemovableHandle | None = None
         self._losses: list[torch.Tensor] = []
         self._grad_norm: torch.Tensor | None = None
-
-    @property
-    def tracker(self) -> HighFrequencyTracker | None:
-        """The tracker (None before training starts and on processes that do not measure)."""
-        return self.core.tracker
-
-    def get_results(self) -> pd.DataFrame:
-        """All rows so far: one per (step, layer), columns as in `ndt.storage.schema`."""
-        return self.core.get_results()
-
-    def detect_jumps(
-        self, metric: str = "stable_rank", layer: str | None = None, detector: str | Detector | None = None
-    ) -> Jumps:
-        """Jumps of `metric` (layer mean, or one layer), as `HighFrequencyTracker.detect_jumps`."""
-        return self.core.detect_jumps(metric, layer, detector)
 
     def close(self) -> None:
         """Finish the tracker and remove every hook (idempotent)."""

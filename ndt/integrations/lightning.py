@@ -34,15 +34,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import lightning.pytorch as pl
-import pandas as pd
 
-from ndt.detect import Detector, Jumps
-from ndt.integrations._core import TrackedSteps, loss_of
-from ndt.measure.tracker import HighFrequencyTracker, RowSink
+from ndt.integrations._core import TrackedSteps, TrackerAccess, loss_of
+from ndt.measure.tracker import RowSink
 from ndt.storage.parquet import MetricsWriter
 
 
-class DimensionalityCallback(pl.Callback):
+class DimensionalityCallback(TrackerAccess, pl.Callback):
     """Measure every layer's dimensionality during ``Trainer.fit`` (see the module docstring).
 
     Args:
@@ -76,21 +74,6 @@ class DimensionalityCallback(pl.Callback):
             loss_reduction="sum",
             tracker_kwargs=tracker_kwargs,
         )
-
-    @property
-    def tracker(self) -> HighFrequencyTracker | None:
-        """The tracker (None before training starts and on ranks that do not measure)."""
-        return self.core.tracker
-
-    def get_results(self) -> pd.DataFrame:
-        """All rows so far: one per (step, layer), columns as in `ndt.storage.schema`."""
-        return self.core.get_results()
-
-    def detect_jumps(
-        self, metric: str = "stable_rank", layer: str | None = None, detector: str | Detector | None = None
-    ) -> Jumps:
-        """Jumps of `metric` (layer mean, or one layer), as `HighFrequencyTracker.detect_jumps`."""
-        return self.core.detect_jumps(metric, layer, detector)
 
     # ---------------------------------------------------------------- Lightning hooks
 
