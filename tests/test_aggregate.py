@@ -317,6 +317,18 @@ def test_fixture_numbers_by_hand(fixture_tables: Path) -> None:
     assert (a2.loc["all", "jumps_mean_ci_low"], a2.loc["all", "jumps_mean_ci_high"]) == (0, 3)
     assert np.isnan(a2.loc["mlp", "jumps_mean_ci_low"])  # one pair
     assert a3.loc["mlp_narrow", "final_accuracy"] == pytest.approx(0.95)
+    # The default detector on the designed series: one transition per planted step (s0, s1 of
+    # mlp_narrow, transformer_shallow), none on the smooth logistics; each of the 3 layers (s - 1, s,
+    # s + 1) has the step too. The steps lie mid-run, after the first 10%: no escape from initialisation.
+    planted = {"mlp_narrow__mnist__s0", "mlp_narrow__mnist__s1", "transformer_shallow__mnist__s0"}
+    done = per_run[per_run.status == "complete"]
+    assert done["transitions"].to_dict() == {r: int(r in planted) for r in done.index}
+    assert done["layer_transitions"].to_dict() == {r: 3 * int(r in planted) for r in done.index}
+    assert done["init_escape_step"].isna().all()
+    a2c = pd.read_csv(fixture_tables / "A2c_transitions_by_family.csv").set_index("family")
+    assert a2c.loc["mlp", "transitions_mean"] == pytest.approx(2 / 3)  # (1 + 1 + 0) / 3
+    assert a2c.loc["cnn", "transitions_mean"] == 0 and a2c.loc["transformer", "transitions_mean"] == 0.5
+    assert a2c.loc["all", "layer_transitions_mean"] == pytest.approx(9 / 7, rel=1e-5)  # CSV: 6 digits
 
 
 def test_unmarked_and_unreadable_runs_are_listed(tmp_path: Path) -> None:

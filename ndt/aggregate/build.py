@@ -267,6 +267,46 @@ def family_table(per_run: pd.DataFrame, *, random_state: int = 0) -> pd.DataFram
     return out
 
 
+def transition_table(per_run: pd.DataFrame, *, random_state: int = 0) -> pd.DataFrame:
+    """A.2c: the default detector's transitions by family, beside the study's events (the corrected A.2).
+
+    Args:
+        per_run: per-run frame.
+        random_state: bootstrap seed (used with several seeds per pair).
+
+    Returns:
+        One row per family present, then "all": family, runs, protocols (the runs' protocols, joined),
+        transitions_mean, transitions_max, pct_runs_with_transitions (layer-mean series),
+        layer_transitions_mean and layers_with_transitions_mean (every layer's own series),
+        pct_runs_with_init_escape (an escape from initialisation recognised on the layer-mean series),
+        study_events_mean (the study's events, for comparison); intervals beside the means as in
+        `family_table`.
+    """
+    done = complete_runs(per_run)
+    with_ci = has_multiple_seeds(per_run)
+    groups = [(f, done[done["family"] == f]) for f in ordered_families(done["family"])]
+    rows = []
+    for family, g in [*groups, ("all", done)]:
+        pairs = _pairs(g)
+        row: dict[str, object] = {
+            "family": family,
+            "runs": len(g),
+            "protocols": "+".join(sorted(set(g["protocol"].astype(str)))) if len(g) else "",
+        }
+        _add_mean_ci(row, "transitions_mean", g["transitions"], with_ci, random_state, pairs)
+        row["transitions_max"] = g["transitions"].max() if len(g) else pd.NA
+        row["pct_runs_with_transitions"] = _pct(g["transitions"] > 0)
+        _add_mean_ci(row, "layer_transitions_mean", g["layer_transitions"], with_ci, random_state, pairs)
+        row["layers_with_transitions_mean"] = _mean(g["layers_with_transitions"])
+        row["pct_runs_with_init_escape"] = _pct(g["init_escape_step"].notna())
+        _add_mean_ci(row, "study_events_mean", g["events"], with_ci, random_state, pairs)
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    for col in ("runs", "transitions_max"):
+        out[col] = out[col].astype("Int64")
+    return out
+
+
 def pair_table(per_run: pd.DataFrame, *, random_state: int = 0) -> pd.DataFrame:
     """Per (arch, dataset): number of seeds, and the mean of `PAIR_VALUES` over them with a 95% interval.
 

@@ -5,6 +5,9 @@ Writes to ``<sweep>/tables/`` (or ``out_dir``):
 ======================================  ==============================================================
 A1_summary.{md,csv,tex}                 A.1: experiments, architectures, datasets, measurements, R^2
 A2_jumps_by_family.{md,csv,tex}         A.2: per family, the study's index count, events, robust count
+A2c_transitions_by_family.{md,csv,tex}  A.2c: per family, the default detector's transitions (layer mean and
+                                        per layer), runs with an escape from initialisation, the study's
+                                        events beside; in appendix.md when the sweep has corrected runs
 A3_targets.{md,csv,tex}                 A.3: the target experiments
 incomplete_runs.{md,csv,tex}            runs not complete or failed, with status and error
 per_pair.{md,csv,tex}                   per (arch, dataset): seeds, means and 95% bootstrap intervals
@@ -50,6 +53,11 @@ class TableSpec:
 TABLE_SPECS: dict[str, TableSpec] = {
     "summary": TableSpec("A1_summary", "A.1 Summary of the experiments", "tab:a1-summary"),
     "families": TableSpec("A2_jumps_by_family", "A.2 Jumps by architecture family", "tab:a2-families"),
+    "transitions": TableSpec(
+        "A2c_transitions_by_family",
+        "A.2c Transitions by family (default detector, escape from initialisation apart)",
+        "tab:a2c-transitions",
+    ),
     "targets": TableSpec("A3_targets", "A.3 Target experiments", "tab:a3-targets"),
     "incomplete": TableSpec("incomplete_runs", "Runs not complete or failed", "tab:incomplete"),
     "pairs": TableSpec("per_pair", "Per architecture and dataset, over seeds", "tab:per-pair"),
@@ -91,6 +99,7 @@ def build_tables(
     return {
         "summary": build.summary_table(per_run, metric),
         "families": build.family_table(per_run, random_state=random_state),
+        "transitions": build.transition_table(per_run, random_state=random_state),
         "targets": build.target_table(per_run, targets, random_state=random_state),
         "incomplete": build.incomplete_table(per_run),
         "pairs": build.pair_table(per_run, random_state=random_state),
@@ -109,9 +118,14 @@ def table_markdown(table: pd.DataFrame) -> str:
 
 
 def appendix_markdown(tables: dict[str, pd.DataFrame], metric: str) -> str:
-    """appendix.md: the appendix tables under headings, in order."""
+    """appendix.md: the appendix tables under headings, in order; the corrected A.2c after A.2 when any
+    run used the corrected protocol (a study-protocol sweep's appendix is the paper's)."""
     parts = [f"# Appendix tables\n\nSeries: mean `{metric}` over the measured layers of each run.\n"]
-    for name in APPENDIX_TABLES:
+    names = list(APPENDIX_TABLES)
+    protocols = "+".join(tables["transitions"].get("protocols", pd.Series(dtype=str)).astype(str))
+    if "corrected" in protocols:
+        names.insert(names.index("families") + 1, "transitions")
+    for name in names:
         parts.append(f"## {TABLE_SPECS[name].title}\n\n{table_markdown(tables[name])}")
     return "\n".join(parts)
 
