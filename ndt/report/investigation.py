@@ -40,7 +40,7 @@ from ndt.analysis.analyzer import ActivationAnalyzer, LayerAnalysis
 from ndt.analysis.causal import Z_SIGNIFICANT, causal_table, layer_verdict, localise
 from ndt.analysis.comparison import Comparison, linear_cka, metric_frame, principal_angles
 from ndt.analysis.visualize import FeatureVisualizer
-from ndt.detect import DEFAULT_DETECTOR, Jumps, get_detector
+from ndt.detect import DEFAULT_DETECTOR, JumpDetector, Jumps, RobustJumpDetector, get_detector
 from ndt.measure.capture import ActivationCapture
 from ndt.measure.spectrum import compute_metrics
 from ndt.models import describe
@@ -63,9 +63,13 @@ REPLAY_TOLERANCE = 1e-4
 
 
 def detector_threshold(name: str | None) -> float | None:
-    """The z threshold of a detector's default settings (drawn on the series figure), if it has one."""
-    value = getattr(get_detector(name), "threshold", None)
-    return float(value) if isinstance(value, int | float) else None
+    """The z threshold of a z-scoring detector's default settings (drawn on the series figure).
+
+    Only the study's and the robust detector flag samples by a z threshold; the changepoint detector's
+    ``threshold`` is a penalty factor, not a line on its speed ratio, so none is drawn for it.
+    """
+    detector = get_detector(name)
+    return float(detector.threshold) if isinstance(detector, JumpDetector | RobustJumpDetector) else None
 
 
 #: Largest principal subspace compared per layer (`dominant_angles`).
