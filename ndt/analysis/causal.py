@@ -25,6 +25,7 @@ channel axis of (B, C, *spatial) conv outputs (each position then counts as a sa
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -38,6 +39,9 @@ from torch import nn
 Z_SIGNIFICANT = 3.0
 #: A patch "recovers" the change when it moves the loss by at least this share of the total change.
 RECOVERED_SHARE = 0.5
+#: Shares of a smaller total change (nats of probe loss) say nothing: a 0.03-nat change made patch shares
+#: of -250% to +450% on a real run (each layer's patch moved the loss more than the whole change).
+MIN_TOTAL_CHANGE = 0.05
 
 
 @dataclass(frozen=True)
@@ -348,6 +352,7 @@ def patch_outputs(
             }
         )
     df = pd.DataFrame(rows)
+    df["total_change"] = a_beh.loss - b_beh.loss  # nats: the loss change the shares divide
     df.attrs.update(
         loss_before=b_beh.loss, loss_after=a_beh.loss, acc_before=b_beh.accuracy, acc_after=a_beh.accuracy
     )
@@ -426,20 +431,26 @@ def causal_table(
 def layer_verdict(row: pd.Series, control: pd.Series | None = None) -> str:
     """A plain-words verdict for one layer's row of `causal_table` (and the same layer's control row).
 
-    "effect" when the layer's own weights carry at least half of the change, or ablating its added
-    directions is significant (z >= `Z_SIGNIFICANT`); "no effect" otherwise. With a control (the same
+    "effect" when the layer's own weights carry at least half of the change (judged only when the probe
+    loss changed by at least `MIN_TOTAL_CHANGE` nats), or ablating its added directions is significant
+    (z >= `Z_SIGNIFICANT`); "no effect" otherwise. With a control (the same
     analysis over an ordinary stretch of training as long), it says whether the event's ablation z
     exceeds the control's.
     """
     own = row.get("share_own_weights")
+    total = abs(float(row.get("total_change", math.inf)))
+    if total < MIN_TOTAL_CHANGE:
+        own = None  # too small a change for its shares to mean anything
     z = float(row["ablation_z"])
     parts = []
-    if pd.notna(own):
+    if own is not None and pd.notna(own):
         parts.append(f"its own weights carry {100 * float(own):.0f}% of the loss change")
+    elif total < MIN_TOTAL_CHANGE:
+        parts.append(f"the probe loss changed by only {total:.3g} nats (shares not judged)")
     parts.append(
         f"ablating its {int(row['k'])} added direction(s) changes the loss by {row['ablation_effect']:+.3g} (z = {z:.1f} against random directions)"
     )
-    matters = (pd.notna(own) and float(own) >= RECOVERED_SHARE) or z >= Z_SIGNIFICANT
+    matters = (own is not None and pd.notna(own) and float(own) >= RECOVERED_SHARE) or z >= Z_SIGNIFICANT
     verdict = "effect" if matters else "no effect"
     if control is not None:
         zc = float(control["ablation_z"])

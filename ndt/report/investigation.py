@@ -638,14 +638,22 @@ def investigate(
     steps, mean = layer_mean_series(
         rows["step"].to_numpy(), rows[opts.metric].to_numpy(), rows["layer"].to_numpy(), what=opts.metric
     )
+    searched, series_name = (steps, mean), f"{run.name}'s layer-mean {opts.metric}"
+    if opts.layer is not None:  # one layer's own series instead of the layer mean
+        own = rows[rows["layer"].astype(str) == opts.layer].sort_values("step")
+        if own.empty:
+            names = ", ".join(dict.fromkeys(rows["layer"].astype(str)))
+            raise InvestigationError(f"layer={opts.layer} was not measured in {run.name}; measured: {names}")
+        ok = np.isfinite(own[opts.metric].to_numpy(dtype=np.float64))
+        searched = (own["step"].to_numpy()[ok], own[opts.metric].to_numpy(dtype=np.float64)[ok])
+        series_name = f"{run.name}'s {opts.layer} {opts.metric}"
     moments, jumps = choose_moments(
-        steps,
-        mean,
+        *searched,
         max_steps=int(cfg.trainer.max_steps),
         jump=opts.jump_rank,
         step=opts.step,
         detector=opts.detector or DEFAULT_DETECTOR,
-        series=f"{run.name}'s layer-mean {opts.metric}",
+        series=series_name,
         probe=int(cfg.tracker.probe_size) > 0,
     )
     log.info("%s: %s", run.name, moments.note)
@@ -699,7 +707,9 @@ def investigate(
 
     t_causal = time.perf_counter()
     causal_result = (
-        causal_section(run, replay, list(acts_b), steps, jumps, moments, device, capture_kw, reduction, opts)
+        causal_section(
+            run, replay, list(acts_b), searched[0], jumps, moments, device, capture_kw, reduction, opts
+        )
         if opts.causal
         else None
     )
@@ -764,7 +774,7 @@ def investigate(
     summary["causal"] = None if causal_result is None else causal_result.summary
 
     t_fig = time.perf_counter()
-    blocks = figure_blocks(rows, steps, mean, jumps, moments, table, an_b, an_a, labels, opts)
+    blocks = figure_blocks(rows, *searched, jumps, moments, table, an_b, an_a, labels, opts)
     blocks += visual_blocks(replay, family, table, (pred_b, pred_a), moments, opts.samples)
     if causal_result is not None:
         blocks.append(causal_result.figure)
@@ -1008,7 +1018,7 @@ def figure_blocks(
                 threshold=detector_threshold(opts.detector),
             ),
             f"Left: the whole run; right: a zoom around the compared steps {a} (blue) and {b} (red). Top: the "
-            f"layer-mean series the detector ({opts.detector}) ran on, with its events shaded (the investigated "
+            f"series the detector ({opts.detector}) ran on (the layer mean, or layer=), with its events shaded (the investigated "
             "one darker); middle: each layer; bottom: the detector's z-score.",
         ),
         FigureBlock(

@@ -30,6 +30,7 @@ class InvestigateOptions:
         step: investigate the measurement at this training step instead of a jump (rounded to the
             nearest measured step; ties go to the earlier one).
         layers: module names to capture and compare; None = what the tracker measured.
+        layer: search this measured layer's own series for jumps instead of the layer mean.
         metric: metric whose layer-mean series is searched for jumps (the tables' default).
         detector: a name from `ndt.detect.DETECTORS`; None: the run's protocol's detector
             (``protocol.detector`` in its config: "study" for the paper's protocol), else
@@ -48,6 +49,7 @@ class InvestigateOptions:
     jump: int | None = None
     step: int | None = None
     layers: tuple[str, ...] | None = None
+    layer: str | None = None
     metric: str = DEFAULT_METRIC
     detector: str | None = None
     device: str = "cpu"
@@ -98,6 +100,7 @@ OPTION_HELP: dict[str, str] = {
     "jump": "rank of the jump event by peak magnitude, 1 = the largest (default 1)",
     "step": "investigate the measurement at this training step instead (rounded to a measured step)",
     "layers": "comma-separated module names (default: the layers the tracker measured)",
+    "layer": "search this layer's own series for jumps (default: the layer mean)",
     "metric": f"metric of the layer-mean series searched for jumps (default {DEFAULT_METRIC})",
     "detector": f"jump detector: {', '.join(DETECTORS)} (default: the run's protocol's, else {DEFAULT_DETECTOR})",
     "device": "where the replay runs: cpu (bit-exact, default), auto, cuda",
