@@ -218,6 +218,14 @@ def test_options_parse_typed_key_values() -> None:
     assert run == Path("runs/x") and opts.jump == 2 and opts.jump_rank == 2
     assert opts.layers == ("hidden.0", "fc") and opts.metric == "stable_rank" and opts.out == Path("o")
     assert parse_options(["r", "step=400"])[1].jump_rank is None
+    causal = parse_options(["r", "causal=false", "control=no", "k=3", "draws=50", "layer=fc"])[1]
+    assert (causal.causal, causal.control, causal.k, causal.draws, causal.layer) == (
+        False,
+        False,
+        3,
+        50,
+        "fc",
+    )
     assert parse_options(["r"])[1] == InvestigateOptions()
     for bad, message in (
         (["r", "jump=two"], "expected an integer"),
@@ -227,6 +235,9 @@ def test_options_parse_typed_key_values() -> None:
         (["r", "detector=fancy"], "choose one of study, robust"),
         (["r", "r2"], "one run directory"),
         (["r", "top=1", "top=2"], "given twice"),
+        (["r", "causal=maybe"], "causal=maybe: expected true or false"),
+        (["r", "draws=1"], "at least 2 random draws"),
+        (["r", "k=0"], "at least one direction"),
     ):
         with pytest.raises(InvestigationError, match=message):
             parse_options(bad)
@@ -255,6 +266,7 @@ def test_clear_errors(mlp_run: Path, tmp_path: Path, capsys: pytest.CaptureFixtu
         ([str(mlp_run), "jump=2"], r"no jump .* step=N"),
         ([str(mlp_run), "step=30", "layers=hidden.0,nope"], "measured layers are hidden.0,hidden.1"),
         ([str(mlp_run), "metric=loss"], "unknown metric 'loss'"),
+        ([str(mlp_run), "layer=nope"], "layer=nope was not measured in .*; measured: hidden.0, hidden.1"),
         ([str(mlp_run), "step=30", "device=gpu"], "device=gpu is not a device"),
     ]
     if not torch.cuda.is_available():
