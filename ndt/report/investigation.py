@@ -962,7 +962,8 @@ def causal_section(
         f"({opts.draws} draws); |z| > {Z_SIGNIFICANT:g} is marked{where}."
     )
     return CausalResult(
-        summary=summary, figure=FigureBlock("causal", "Causal tests per layer: event and control", png, caption)
+        summary=summary,
+        figure=FigureBlock("causal", "Causal tests per layer: event and control", png, caption),
     )
 
 
