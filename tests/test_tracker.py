@@ -57,7 +57,7 @@ def test_study_usage_example_runs_as_written(tmp_path: Path) -> None:
     # ---
     assert [j.step for j in jumps] == sorted(j.step for j in jumps)
     df = tracker.get_results()
-    assert list(df.columns) == list(COLUMNS)
+    assert list(df.columns) == [*COLUMNS, "pr_eigen_corrected"]  # the schema's, then the derived one
     assert sorted(df.step.unique()) == list(range(0, 60, 5))
     assert df.groupby("step").size().eq(3).all()
     assert set(df.layer) == {"0", "2", "4"}

@@ -1,8 +1,9 @@
 """Tracking overhead: training time with vs without the tracker, beside the floor.
 
 The floor is the cost of the bare eigendecompositions the tracker must do (one per layer per
-measurement, on the same Gram matrices), as a share of the untracked training time. Target on CPU:
-overhead within 1.3x of that floor; on CUDA (spectra solved off the training stream): <= 3%.
+measurement, on the same Gram matrices), as a share of the untracked training time. Targets: the
+MLP 784-256-128-10 at batch 128 on CPU <= 15% (median of >= 5 paired runs); on CUDA (spectra solved
+off the training stream) <= 1%.
 """
 
 from __future__ import annotations
@@ -42,21 +43,31 @@ MODELS: dict[str, Callable[[], nn.Module]] = {
 
 @dataclass
 class OverheadRow:
+    """One model and batch: paired untracked/tracked timings (seconds, one entry per pair)."""
+
     model: str
     device: str
     batch: int
     steps: int
-    base_s: float
-    tracked_s: float
+    base_s: list[float]
+    tracked_s: list[float]
     floor_s: float
 
     @property
     def overhead(self) -> float:
-        return self.tracked_s / self.base_s - 1
+        """Median over the pairs of tracked / untracked - 1: each pair ran back to back, so a slow
+        stretch of a shared machine slows both halves of a pair and cancels in its ratio."""
+        return float(np.median(np.asarray(self.tracked_s) / np.asarray(self.base_s))) - 1
+
+    @property
+    def spread(self) -> tuple[float, float]:
+        """(min, max) over the pairs of the per-pair overhead."""
+        r = np.asarray(self.tracked_s) / np.asarray(self.base_s) - 1
+        return float(r.min()), float(r.max())
 
     @property
     def floor(self) -> float:
-        return self.floor_s / self.base_s
+        return self.floor_s / float(np.median(self.base_s))
 
     @property
     def ratio(self) -> float:
@@ -109,10 +120,11 @@ def _eig_floor(model: nn.Module, x: torch.Tensor, batch: int, measurements: int,
 def bench_overhead(
     batches: tuple[int, ...] = (32, 128), steps: int = 800, repeats: int = 5, device: str = "cpu"
 ) -> list[OverheadRow]:
-    """Time untracked and tracked training for each model and batch.
+    """Time untracked and tracked training for each model and batch, in `repeats` (>= 5) pairs.
 
-    Untracked and tracked runs alternate and each keeps its best of `repeats`: on a shared 2-core VM
-    single timings of the same loop vary by +-5%, the size of the effect measured.
+    Each pair is an untracked run then a tracked one, back to back; the overhead is the median of the
+    pairs' ratios: on a shared 2-core VM single timings of the same loop vary by +-5%, the size of
+    the effect measured, and slow stretches hit both halves of a pair.
     """
     rows = []
     gen = torch.Generator().manual_seed(0)
@@ -123,11 +135,13 @@ def bench_overhead(
             torch.manual_seed(0)
             model = make().to(device)
             n_steps = steps if name.startswith("mlp") else max(steps // 4, 50)
-            base, tracked = float("inf"), float("inf")
+            base: list[float] = []
+            tracked: list[float] = []
             _train(model, x_all, y_all, batch, 20, tracked=False)  # warm-up
+            _train(model, x_all, y_all, batch, 20, tracked=True)
             for _ in range(repeats):
-                base = min(base, _train(model, x_all, y_all, batch, n_steps, tracked=False))
-                tracked = min(tracked, _train(model, x_all, y_all, batch, n_steps, tracked=True))
+                base.append(_train(model, x_all, y_all, batch, n_steps, tracked=False))
+                tracked.append(_train(model, x_all, y_all, batch, n_steps, tracked=True))
             measurements = len(range(0, n_steps, SAMPLING_FREQUENCY))
             floor = _eig_floor(model, x_all, batch, measurements)
             rows.append(OverheadRow(name, device, batch, n_steps, base, tracked, floor))
@@ -136,13 +150,15 @@ def bench_overhead(
 
 def report_overhead(rows: list[OverheadRow]) -> str:
     lines = [
-        f"tracking overhead (sampling_frequency={SAMPLING_FREQUENCY}, flush and close included; "
-        "target CPU <= 1.3x floor, CUDA <= 3%):"
+        f"tracking overhead (sampling_frequency={SAMPLING_FREQUENCY}, flush and close included; median of "
+        "paired runs; targets: MLP 784-256-128-10 at batch 128 on CPU <= 15%, CUDA <= 1%):"
     ]
     for r in rows:
+        lo, hi = r.spread
         lines.append(
-            f"  {r.model:20s} {r.device:4s} batch {r.batch:4d}: untracked {r.base_s:6.2f} s, tracked "
-            f"{r.tracked_s:6.2f} s -> overhead {100 * r.overhead:5.1f}%; eig floor {100 * r.floor:5.1f}%; "
+            f"  {r.model:20s} {r.device:4s} batch {r.batch:4d}: untracked {np.median(r.base_s):6.2f} s, "
+            f"tracked {np.median(r.tracked_s):6.2f} s -> overhead {100 * r.overhead:5.1f}% "
+            f"(pairs {100 * lo:.1f}..{100 * hi:.1f}%, n={len(r.base_s)}); eig floor {100 * r.floor:5.1f}%; "
             f"overhead/floor {r.ratio:4.2f}x"
         )
     return "\n".join(lines)

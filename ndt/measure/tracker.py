@@ -74,7 +74,14 @@ from ndt.measure.capture import (
 from ndt.measure.distributed import DistributedContext
 from ndt.measure.estimate import EXACT_MAX_SIZE
 from ndt.measure.series import layer_mean_series
-from ndt.measure.spectrum import GramStats, flat_size, metrics_from_stats, validate_metric_names
+from ndt.measure.spectrum import (
+    DERIVED_COLUMNS,
+    GramStats,
+    flat_size,
+    metrics_from_stats,
+    validate_metric_names,
+    with_derived_columns,
+)
 from ndt.storage.parquet import MetricsWriter
 from ndt.storage.schema import METRIC_COLUMNS
 
@@ -309,9 +316,10 @@ class HighFrequencyTracker:
         self.writer.flush()
 
     def get_results(self) -> pd.DataFrame:
-        """All rows so far: one per (step, layer), columns as in `ndt.storage.schema`."""
+        """All rows so far: one per (step, layer), columns as in `ndt.storage.schema`, then the derived
+        ones (`ndt.measure.spectrum.DERIVED_COLUMNS`: ``pr_eigen_corrected``)."""
         self._drain()
-        return self.writer.read()
+        return with_derived_columns(self.writer.read())
 
     def series(self, metric: str = "participation_ratio", layer: str | None = None) -> pd.Series:
         """A metric over steps: the mean over measured layers (the study's), or one layer's.
@@ -322,7 +330,8 @@ class HighFrequencyTracker:
         Returns:
             Series indexed by step.
         """
-        validate_metric_names([metric])
+        if metric not in DERIVED_COLUMNS:
+            validate_metric_names([metric])
         df = self.get_results()
         if layer is not None:
             if layer not in self._layer_index:
