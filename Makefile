@@ -76,8 +76,11 @@ validate: install ## benchmark every detector on training runs with known transi
 validate-slow: install ## the benchmark with the slow grokking case D as well
 	$(PY) -m ndt.validate --cases A,B,C,D
 
+validate-causal: install ## the investigate report at sparse parity's (case B) transition, 5 seeds, and its causal check (fails if a seed misses it)
+	$(PY) -m ndt.validate --investigate B
+
 clean: ## remove caches and build files (keeps results/ and .venv)
 	rm -rf .pytest_cache .mypy_cache .ruff_cache build dist *.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
-.PHONY: help install install-integrations run smoke sweep test test-fast lint format bench tables status view investigate import-legacy validate-detector validate validate-slow clean
+.PHONY: help install install-integrations run smoke sweep test test-fast lint format bench tables status view investigate import-legacy validate-detector validate validate-slow validate-causal clean

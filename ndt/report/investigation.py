@@ -1,6 +1,9 @@
 """Investigate one moment of a run: replay the model just before and just after it, compare the two.
 
-`investigate(run_dir, options)` is the whole job behind ``python -m ndt.investigate``:
+`investigate(run_dir, options)` is the whole job behind ``python -m ndt.investigate``. It reads the run
+directory into a `RunSource` and calls `investigate_source`, which any other producer of runs with a
+deterministic replay calls too (the validity benchmark's cases: ``python -m ndt.validate --investigate``),
+so that every report comes from the same code:
 
 1. read the run (run.json, Parquet) and pick the two measurement steps (`ndt.report.moments`);
 2. rebuild the model at both with `ndt.running.train.restore_at` (nearest checkpoint, then deterministic
@@ -22,7 +25,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -576,13 +579,69 @@ def load_run(run: Path, metric: str) -> tuple[dict[str, Any], DictConfig, pd.Dat
         )
     check_metric(metric)
     rows = read_metrics(run / METRICS_DIR)
+    check_rows(run, record, rows, metric)
+    return record, cfg, rows
+
+
+def check_rows(run: Path, record: dict[str, Any], rows: pd.DataFrame, metric: str) -> None:
+    """Raise `InvestigationError` when `rows` are empty or did not record `metric`."""
     if rows.empty:
         raise InvestigationError(f"{run} has no metric rows (status {record.get('status')!r})")
     if not rows[metric].notna().any():
         raise InvestigationError(
             f"metric {metric} was not recorded in {run}; recorded: {', '.join(recorded_metrics(rows))}"
         )
-    return record, cfg, rows
+
+
+#: How a source rebuilds its model: (steps_done (a, b), device, capture keywords, layers) -> `Replay`
+#: (the contract of `replay_pair`: the network after exactly a and b optimizer steps, eval mode).
+ReplayFn = Callable[[tuple[int, int], torch.device, dict[str, Any], Sequence[str] | None], Replay]
+
+
+@dataclass(frozen=True)
+class RunSource:
+    """A run as an investigation reads it: record, config, metric rows, and how to rebuild its model.
+
+    `run_dir_source` reads an ndt run directory into one (the replay is `replay_pair`); a producer of
+    runs that are not run directories but replay deterministically builds its own (the validity
+    benchmark's cases: `ndt.validate.investigate`), and `investigate_source` writes the same report.
+
+    Attributes:
+        path: the run's directory (``run.dir`` of summary.json; the default output is under it).
+        record: what run.json holds (run_id, arch, dataset, seed, family, status, final_accuracy,
+            layers; "config" is not read: `cfg` is).
+        cfg: the resolved config: the keys of `REPLAY_KEYS` (``arch.name``, ``dataset.name`` only
+            name the run), ``tracker.center`` and the capture keys `capture_options` reads.
+        rows: the metric rows (columns of `ndt.storage.schema`).
+        replay: rebuilds the model at two moments (`ReplayFn`).
+        command: the command line that writes this report, or None: ``python -m ndt.investigate``'s.
+        layers: the layers to capture when the options name none (None: the tracker's default
+            selection, which is what `ndt.run` measures).
+    """
+
+    path: Path
+    record: dict[str, Any]
+    cfg: DictConfig
+    rows: pd.DataFrame = field(repr=False)
+    replay: ReplayFn = field(repr=False)
+    command: str | None = None
+    layers: tuple[str, ...] | None = None
+
+
+def run_dir_source(run_dir: str | os.PathLike[str], metric: str) -> RunSource:
+    """An ndt run directory as a `RunSource` (raises as `load_run`)."""
+    run = Path(run_dir)
+    record, cfg, rows = load_run(run, metric)
+
+    def replay(
+        steps_done: tuple[int, int],
+        device: torch.device,
+        capture: dict[str, Any],
+        layers: Sequence[str] | None,
+    ) -> Replay:
+        return replay_pair(run, steps_done, device, capture=capture, layers=layers)
+
+    return RunSource(path=run, record=record, cfg=cfg, rows=rows, replay=replay)
 
 
 def replay_device(name: str) -> torch.device:
@@ -600,7 +659,7 @@ def replay_device(name: str) -> torch.device:
 
 
 def _command(run: Path, opts: InvestigateOptions, moments: Moments) -> str:
-    """The command line that reproduces this investigation."""
+    """The ``python -m ndt.investigate`` command line that reproduces this investigation."""
     parts = ["python -m ndt.investigate", str(run)]
     parts.append(f"step={opts.step}" if opts.step is not None else f"jump={moments.rank}")
     parts += [f"metric={opts.metric}", f"detector={opts.detector}"]
@@ -630,9 +689,23 @@ def investigate(
         ValueError: unknown metric.
     """
     opts = options or InvestigateOptions()
+    return investigate_source(run_dir_source(run_dir, opts.metric), opts)
+
+
+def investigate_source(source: RunSource, options: InvestigateOptions | None = None) -> InvestigationResult:
+    """`investigate` on a `RunSource`: the same report from any run that can be replayed.
+
+    Raises:
+        InvestigationError: as `investigate` (and when the source's rows lack the metric).
+        ValueError: unknown metric.
+    """
+    opts = options or InvestigateOptions()
     t_start = time.perf_counter()
-    run = Path(run_dir)
-    record, cfg, rows = load_run(run, opts.metric)
+    run, record, cfg, rows = source.path, source.record, source.cfg, source.rows
+    check_metric(opts.metric)
+    check_rows(run, record, rows, opts.metric)
+    if opts.layers is None and source.layers is not None:
+        opts = replace(opts, layers=source.layers)
     opts = opts.for_run(cfg)  # detector: the run protocol's unless one was named
     device = replay_device(opts.device)
     steps, mean = layer_mean_series(
@@ -661,12 +734,8 @@ def investigate(
     capture_kw = capture_options(cfg)
     reduction = capture_kw.pop("sequence_reduction")
     try:
-        replay = replay_pair(
-            run,
-            moments.steps_done,
-            device,
-            capture={"sequence_reduction": reduction, **capture_kw},
-            layers=opts.layers,
+        replay = source.replay(
+            moments.steps_done, device, {"sequence_reduction": reduction, **capture_kw}, opts.layers
         )
         acts_b, logits_b = capture_probe(replay.before, replay.probe, opts.layers, reduction, **capture_kw)
     except KeyError:
@@ -708,7 +777,7 @@ def investigate(
     t_causal = time.perf_counter()
     causal_result = (
         causal_section(
-            run, replay, list(acts_b), searched[0], jumps, moments, device, capture_kw, reduction, opts
+            source, replay, list(acts_b), searched[0], jumps, moments, device, capture_kw, reduction, opts
         )
         if opts.causal
         else None
@@ -722,7 +791,7 @@ def investigate(
     summary: dict[str, Any] = {
         "ndt_version": ndt.__version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": _command(run, opts, moments),
+        "command": source.command or _command(run, opts, moments),
         "run": {
             "dir": str(run.resolve()),
             "run_id": record.get("run_id", run.name),
@@ -873,7 +942,7 @@ def _causal_rows(table: pd.DataFrame) -> list[dict[str, Any]]:
 
 
 def causal_section(
-    run: Path,
+    source: RunSource,
     replay: Replay,
     layers: list[str],
     steps: np.ndarray,
@@ -886,7 +955,8 @@ def causal_section(
 ) -> CausalResult:
     """Patching and direction ablation at the investigated moments and at a no-event control stretch.
 
-    See `ndt.analysis.causal`. The control replays the run a second time (from its nearest checkpoint).
+    See `ndt.analysis.causal`. The control replays the run a second time (`RunSource.replay`: for a run
+    directory, from its nearest checkpoint) with the layers of the event's analysis.
     """
     event = causal_table(
         replay.before,
@@ -901,12 +971,11 @@ def causal_section(
     control_pair = None
     control = None
     if opts.control:
-        record = read_run_json(run)
-        control_pair = control_moments(steps, jumps, moments, int(record["config"]["trainer"]["max_steps"]))
+        control_pair = control_moments(steps, jumps, moments, int(source.cfg.trainer.max_steps))
         if control_pair is not None:
             c_moments = replace(moments, before=control_pair[0], after=control_pair[1])
-            c_replay = replay_pair(
-                run, c_moments.steps_done, device, capture={"sequence_reduction": reduction, **capture_kw}
+            c_replay = source.replay(
+                c_moments.steps_done, device, {"sequence_reduction": reduction, **capture_kw}, layers
             )
             control = causal_table(
                 c_replay.before,

@@ -5,5 +5,7 @@
 - `ndt.validate.truth`: their ground truth, as first crossings of quantities recorded in the run.
 - `ndt.validate.score`: hits, false alarms and the pass rule.
 - `ndt.validate.benchmark`: ``python -m ndt.validate``, every detector x metric, table and figures.
+- `ndt.validate.investigate`: ``python -m ndt.validate --investigate B``, the investigate report at a
+  case's transition (replayed from its seed) and its causal check.
 - `ndt.validate.battery`: synthetic series with planted steps and null series (noise, drift).
 """

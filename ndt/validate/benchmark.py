@@ -2,6 +2,9 @@
 
 ``python -m ndt.validate [--cases A,B,C] [--seeds 5] [--out results/validate] [--detectors ...]``
 
+``python -m ndt.validate --investigate B [--seed S]`` writes instead the investigate report at case B's
+transition for seed S (default: every seed) and checks its causal criterion (`ndt.validate.investigate`).
+
 1. Runs (or reads from ``<out>/cache/``) `seeds` runs and `seeds` controls of each case
    (`ndt.validate.cases`).
 2. Scores every (detector, metric) pair on each case's named layer (`ndt.validate.score`): hit rate,
@@ -255,7 +258,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--metrics", default=",".join(METRICS), help="comma-separated metric columns")
     p.add_argument("--no-cache", action="store_true", help="train every run again (nothing is cached)")
     p.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
+    p.add_argument(
+        "--investigate",
+        metavar="CASE",
+        help="write the investigate report at CASE's transition (B) and check its causal criterion",
+    )
+    p.add_argument("--seed", type=int, help="with --investigate: this seed only (default: seeds 0..seeds-1)")
     a = p.parse_args(argv)
+    if a.investigate is not None:
+        return investigate_main(a.investigate.strip().upper(), a, p)
     cases = [c.strip().upper() for c in a.cases.split(",") if c.strip()]
     detectors = [d.strip() for d in a.detectors.split(",") if d.strip()]
     metrics = [m.strip() for m in a.metrics.split(",") if m.strip()]
@@ -323,3 +334,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         + ("" if a.no_figures else ", case_*.png")
     )
     return 0
+
+
+def investigate_main(case: str, a: argparse.Namespace, p: argparse.ArgumentParser) -> int:
+    """``--investigate CASE``: one report per seed, a table of the criterion; exit 1 if a seed fails it."""
+    from ndt.validate.investigate import PAIRS, investigate_table
+
+    if case not in PAIRS:
+        p.error(f"--investigate {case}: only case(s) {','.join(PAIRS)} can be investigated")
+    if a.seeds < 1:
+        p.error("--seeds must be at least 1")
+    seeds = [a.seed] if a.seed is not None else list(range(a.seeds))
+    cache = None if a.no_cache else a.out / "cache"
+    table = investigate_table(case, seeds, a.out, cache, log=lambda m: print(m, file=sys.stderr, flush=True))
+    with pd.option_context("display.width", 250, "display.max_columns", 40, "display.max_colwidth", 200):
+        print(
+            table.drop(columns=["verdict"], errors="ignore").to_string(
+                index=False, float_format=lambda v: f"{v:.3g}"
+            )
+        )
+        if "verdict" in table:
+            for seed, verdict in zip(table["seed"], table["verdict"], strict=True):
+                print(f"seed {seed}: {verdict}")
+    print(
+        f"reports: {a.out / 'investigate'}/{case}_s<seed>/report.html; table {a.out / 'investigate' / (case + '.csv')}; "
+        f"{int(table['passes'].sum())} of {len(table)} seed(s) meet the criterion"
+    )
+    return 0 if bool(table["passes"].all()) else 1

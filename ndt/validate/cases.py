@@ -25,7 +25,8 @@ import json
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -276,25 +277,74 @@ class ParitySpec:
     window_hi: float = 1.1
 
 
+#: The layers case B measures: the hidden Linear (its named layer) and the output Linear.
+PARITY_LAYERS: tuple[str, ...] = ("hidden", "out")
+
+
 def random_signs(n: int, d: int, gen: torch.Generator) -> torch.Tensor:
     """(n, d) float32 matrix of independent uniform +-1."""
     return torch.randint(0, 2, (n, d), generator=gen).float() * 2 - 1
 
 
-def _run_parity(spec: ParitySpec, seed: int, control: bool) -> dict[str, Any]:
-    gen = _seeded(seed)
-    model = nn.Sequential(
+def parity_mlp(spec: ParitySpec) -> nn.Sequential:
+    """Linear(n_bits, width) - ReLU - Linear(width, 1), named ``hidden``, ``relu``, ``out`` (torch's init)."""
+    return nn.Sequential(
         OrderedDict(hidden=nn.Linear(spec.n_bits, spec.width), relu=nn.ReLU(), out=nn.Linear(spec.width, 1))
     )
-    x_test = random_signs(spec.n_test, spec.n_bits, gen)
-    y_test = x_test[:, : spec.k].prod(dim=1)
-    opt = torch.optim.SGD(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
+
+
+class ParityTraining:
+    """Case B's training, one SGD step at a time: the run (`_run_parity`) and its replay
+    (`ndt.validate.investigate`) take the very same steps.
+
+    Build it inside `case_rng` (the model's initialisation draws from torch's global RNG); the data
+    come from the run's own generator in a fixed order: test points first, then one batch per step.
+
+    Attributes:
+        model: `parity_mlp`, output (B, 1) margins f (prediction sign f).
+        x_test, y_test: (n_test, n_bits) fixed test points and their (n_test,) +-1 labels; the first
+            `ParitySpec.n_probe` are the tracker's probe.
+        steps_done: optimizer steps taken.
+    """
+
+    def __init__(self, spec: ParitySpec, seed: int, control: bool) -> None:
+        self.spec, self.control = spec, control
+        self.gen = _seeded(seed)
+        self.model = parity_mlp(spec)
+        self.x_test = random_signs(spec.n_test, spec.n_bits, self.gen)
+        self.y_test = self.x_test[:, : spec.k].prod(dim=1)
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
+        self.steps_done = 0
+
+    def step(self) -> float:
+        """One SGD step of the hinge loss on a fresh batch; returns the batch's loss (before the step)."""
+        spec = self.spec
+        x = random_signs(spec.batch_size, spec.n_bits, self.gen)
+        # The control's labels are fresh coin flips, independent of x.
+        y = random_signs(spec.batch_size, 1, self.gen)[:, 0] if self.control else x[:, : spec.k].prod(dim=1)
+        loss = torch.clamp(1 - y * self.model(x)[:, 0], min=0).mean()  # hinge
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        self.steps_done += 1
+        return loss.item()
+
+    @torch.no_grad()
+    def test_accuracy(self) -> float:
+        """Share of the test points whose label is sign f (f = 0 counts as +1)."""
+        pred = torch.where(self.model(self.x_test)[:, 0] >= 0, 1.0, -1.0)
+        return float((pred == self.y_test).float().mean())
+
+
+def _run_parity(spec: ParitySpec, seed: int, control: bool) -> dict[str, Any]:
+    training = ParityTraining(spec, seed, control)
+    model = training.model
     tracker = HighFrequencyTracker(
         model,
         sampling_frequency=spec.sampling_frequency,
-        probe=x_test[: spec.n_probe],
+        probe=training.x_test[: spec.n_probe],
         writer=None,
-        layers=["hidden", "out"],
+        layers=list(PARITY_LAYERS),
         seed=seed,
         arch="mlp",
         dataset="parity_control" if control else "parity",
@@ -302,19 +352,10 @@ def _run_parity(spec: ParitySpec, seed: int, control: bool) -> dict[str, Any]:
     eval_steps, accs = [], []
     with tracker:
         for step in range(spec.n_steps):
-            x = random_signs(spec.batch_size, spec.n_bits, gen)
-            # The control's labels are fresh coin flips, independent of x.
-            y = random_signs(spec.batch_size, 1, gen)[:, 0] if control else x[:, : spec.k].prod(dim=1)
-            loss = torch.clamp(1 - y * model(x)[:, 0], min=0).mean()  # hinge
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            tracker.log(step, loss.item())
+            tracker.log(step, training.step())
             if step % spec.eval_every == 0:
-                with torch.no_grad():
-                    pred = torch.where(model(x_test)[:, 0] >= 0, 1.0, -1.0)
                 eval_steps.append(step)
-                accs.append(float((pred == y_test).float().mean()))
+                accs.append(training.test_accuracy())
         rows = tracker.get_results()
     t_star = None if control else truth.first_crossing(eval_steps, accs, spec.accuracy_level)
     truth_steps = [] if t_star is None else [t_star]
@@ -323,7 +364,7 @@ def _run_parity(spec: ParitySpec, seed: int, control: bool) -> dict[str, Any]:
         "rows": rows,
         "truth_steps": truth_steps,
         "windows": windows,
-        "layer": "hidden",
+        "layer": PARITY_LAYERS[0],
         "min_hits": 1,
         "n_steps": spec.n_steps,
         "curves": pd.DataFrame({"test_accuracy": accs}, index=pd.Index(eval_steps, name="step")),
@@ -681,6 +722,20 @@ def _loss_from_rows(rows: pd.DataFrame) -> pd.Series:
     return loss
 
 
+@contextmanager
+def case_rng(seed: int) -> Iterator[None]:
+    """Inside the block, torch's global RNG is seeded with `seed` and one CPU thread is used; both are
+    restored on exit. A case's run and its replay (`ndt.validate.investigate`) train inside it."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: more threads only contend for the cores
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)  # modules initialised by torch's global RNG are seeded too
+            yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def run_case(
     case: str, seed: int, control: bool = False, cache_dir: Path | str | None = None, spec: Any = None
 ) -> CaseRun:
@@ -705,15 +760,9 @@ def run_case(
         path = _cache_path(Path(cache_dir), case, seed, control, spec)
         if (path / "meta.json").exists():
             return _read_cached(path)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: more threads only contend for the cores (restored below)
     t0 = time.perf_counter()
-    try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)  # modules initialised by torch's global RNG are seeded too
-            fields_ = runner(spec, seed, control)
-    finally:
-        torch.set_num_threads(threads)
+    with case_rng(seed):
+        fields_ = runner(spec, seed, control)
     fields_["info"]["train_seconds"] = round(time.perf_counter() - t0, 2)
     run = CaseRun(case=case, seed=seed, control=control, loss=_loss_from_rows(fields_["rows"]), **fields_)
     if path is not None:
