@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from torch import nn
@@ -137,3 +138,19 @@ def test_bad_input() -> None:
         causal.added_directions(np.zeros((5, 32)), np.zeros((5, 32)), k=0)
     with pytest.raises(ValueError, match="n_random must be >= 2"):
         causal.ablate_directions(after, x, y, "2", np.eye(WIDTH)[:1], n_random=1)
+
+
+def test_verdict_compares_the_effect_with_the_control_not_the_z_score() -> None:
+    """Hand-made rows: the event's ablation costs 0.30 nats (z 100); the control's only 0.02 but with a
+    larger z (200, a learned direction in an ordinary stretch): the event still matters more."""
+    event = pd.Series(
+        {"share_own_weights": 0.9, "total_change": 0.4, "ablation_z": 100.0, "ablation_effect": 0.30, "k": 1}
+    )
+    control = pd.Series(
+        {"share_own_weights": 0.2, "total_change": 0.1, "ablation_z": 200.0, "ablation_effect": 0.02, "k": 1}
+    )
+    assert "; more than an ordinary stretch" in causal.layer_verdict(event, control)
+    weak = pd.Series(
+        {"share_own_weights": 0.9, "total_change": 0.4, "ablation_z": 300.0, "ablation_effect": 0.01, "k": 1}
+    )
+    assert "not more than an ordinary stretch" in causal.layer_verdict(weak, control)

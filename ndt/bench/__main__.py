@@ -1,4 +1,4 @@
-"""`python -m ndt.bench [kernel] [overhead] [conv] [durability] [callbacks] [runs] [aggregate] [view] [huge]`: print the benchmark ratios measured in this run."""
+"""`python -m ndt.bench [kernel] [overhead] [conv] [durability] [callbacks] [runs] [aggregate] [view] [huge] [gpt2]`: print the benchmark ratios measured in this run."""
 
 from __future__ import annotations
 
@@ -16,7 +16,18 @@ from ndt.bench.runs import bench_runs, report_runs
 from ndt.bench.timing import machine_line
 from ndt.bench.view import bench_view, report_view
 
-BENCHES = ("kernel", "overhead", "conv", "durability", "callbacks", "runs", "aggregate", "view", "huge")
+BENCHES = (
+    "kernel",
+    "overhead",
+    "conv",
+    "durability",
+    "callbacks",
+    "runs",
+    "aggregate",
+    "view",
+    "huge",
+    "gpt2",
+)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -62,6 +73,15 @@ def main(argv: list[str] | None = None) -> None:
 
     if "huge" in which:
         print(report_huge(bench_huge()), flush=True)
+    if "gpt2" in which:
+        try:
+            import transformers  # noqa: F401
+        except ImportError:
+            print("GPT-2 small: skipped (pip install 'ndt[hf]', or make install-integrations)")
+        else:
+            from ndt.bench.gpt2 import bench_gpt2, report_gpt2
+
+            print(report_gpt2(bench_gpt2()), flush=True)
 
 
 if __name__ == "__main__":
