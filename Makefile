@@ -52,6 +52,9 @@ format: install ## format the code with ruff
 bench: install ## print the benchmarks measured in one run (kernel, overhead, runs, aggregation, view in Chromium)
 	$(PY) -m ndt.bench
 
+bench-gpu: ## the GPU figures in < 5 min on a CUDA machine: tracking overhead (incl. GPT-2 small), study run time, projected paper sweep with runs at once (refuses without CUDA)
+	VENV=$(VENV) scripts/bench_gpu.sh
+
 tables: install ## regenerate the appendix tables of SWEEP (default results/paper) into SWEEP/tables
 	$(PY) -m ndt.tables $(SWEEP)
 
@@ -83,4 +86,4 @@ clean: ## remove caches and build files (keeps results/ and .venv)
 	rm -rf .pytest_cache .mypy_cache .ruff_cache build dist *.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
-.PHONY: help install install-integrations run smoke sweep test test-fast lint format bench tables status view investigate import-legacy validate-detector validate validate-slow validate-causal clean
+.PHONY: help install install-integrations run smoke sweep test test-fast lint format bench bench-gpu tables status view investigate import-legacy validate-detector validate validate-slow validate-causal clean

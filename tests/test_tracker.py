@@ -176,20 +176,6 @@ def test_layer_mean_series_and_one_layer() -> None:
             t.series("stable_rank", layer="9")
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_cuda_background_path_matches_cpu() -> None:
-    results = {}
-    for device in ("cpu", "cuda"):
-        model = make_model().to(device)
-        probe = torch.randn(64, 20, generator=torch.Generator().manual_seed(3))
-        with HighFrequencyTracker(model, sampling_frequency=1, probe=probe) as t:
-            assert t.background == (device == "cuda")
-            for step in range(3):
-                t.log(step, torch.tensor(1.0, device=device))
-            results[device] = t.get_results()
-    np.testing.assert_allclose(results["cuda"].stable_rank, results["cpu"].stable_rank, rtol=1e-4)
-
-
 def test_a_nan_layer_drops_its_step_from_the_layer_mean_with_one_warning() -> None:
     # Layer "1" is NaN at step 2 only (its weight is poisoned for that forward); layer "0" never is.
     torch.manual_seed(0)

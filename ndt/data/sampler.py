@@ -61,10 +61,22 @@ class EpochSampler:
         """The order of epoch `epoch`: int64 (n,), a permutation of range(n)."""
         return torch.randperm(self.n, generator=seeded_generator(self.seed, STREAM_EPOCH, epoch))
 
+    def _on_device(self, perm: Tensor) -> Tensor:
+        """The permutation moved to `device` without blocking the host.
+
+        It is drawn on the CPU (the same order on every device, and across a resume on another one).
+        To CUDA it goes from pinned memory with ``non_blocking=True``: a copy from pageable memory
+        would wait for every kernel queued before it. The pinned block stays reserved by torch's
+        host allocator until the copy has run, so dropping it here is safe.
+        """
+        if self.device.type != "cuda":
+            return perm.to(self.device)
+        return perm.pin_memory().to(self.device, non_blocking=True)
+
     def next_batch(self) -> Tensor:
         """The next batch: int64 (batch_size,) on `device`, or fewer at the end of an epoch."""
         if self._permutation is None:
-            self._permutation = self.permutation(self.epoch).to(self.device)
+            self._permutation = self._on_device(self.permutation(self.epoch))
         batch = self._permutation[self.position : self.position + self.batch_size]
         self.position += len(batch)
         if self.position >= self.n:

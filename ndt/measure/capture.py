@@ -146,12 +146,23 @@ def position_rows(n_rows: int, max_rows: int, device: torch.device) -> torch.Ten
     moves only with the weights, never with resampling. Sorted, so the gather reads memory in order.
 
     Returns:
-        None when n_rows <= max_rows, else (max_rows,) int64 indices into the b-major rows on `device`.
+        None when n_rows <= max_rows, else (max_rows,) int64 indices into the b-major rows on `device`
+        (one tensor per shape and device, shared by every call: read it, never write it).
     """
     if n_rows <= max_rows:
         return None
+    return _position_rows(n_rows, max_rows, torch.device(device))
+
+
+@functools.lru_cache(maxsize=64)
+def _position_rows(n_rows: int, max_rows: int, device: torch.device) -> torch.Tensor:
+    # Cached: drawn and copied to the device once per shape. On CUDA the copy goes from pinned memory
+    # without blocking (from pageable memory it would wait for the training stream).
     gen = torch.Generator().manual_seed(ROW_SEED)
-    return torch.randperm(n_rows, generator=gen)[:max_rows].sort().values.to(device)
+    rows = torch.randperm(n_rows, generator=gen)[:max_rows].sort().values
+    if device.type == "cuda":
+        return rows.pin_memory().to(device, non_blocking=True)
+    return rows.to(device)
 
 
 def per_position(x: torch.Tensor, max_rows: int = MAX_ROWS) -> torch.Tensor:

@@ -18,21 +18,28 @@ What happens at a measured step (a multiple of ``sampling_frequency``):
    What the row of step s measured (`steps_done_at`): with a probe, the weights after update s
    (s + 1 optimizer steps done); without one, the training forward of step s, i.e. the weights
    before update s (s steps done), on step s's batch, in train mode.
-2. One transfer: all Gram statistics, loss and gradient norm are packed into one float64 buffer; on
-   CUDA it is copied to pinned host memory asynchronously and a worker thread waits for the copy, so
-   the training stream never waits.
+2. One transfer: all Gram statistics, loss and gradient norm are packed into one float64 buffer per
+   device (a Python-float loss is written there by a fill kernel, not copied from the host); on CUDA
+   it is copied asynchronously into a pinned host buffer from a bounded pool of reused ones, and the
+   worker thread waits for the copy, so the training thread never waits (`ndt.measure.transfer`;
+   a model spread over several devices makes one copy per device, into one host buffer).
 3. Spectra are solved in batches of `flush_every` measurements (one LAPACK call per Gram shape, every
    metric vectorised over the batch), then the rows go to a `MetricsWriter` and reach disk as one
    closed Parquet part. On CPU this happens inline (a second thread would only compete for the same
    cores); on CUDA on the worker thread.
 
-Between measured steps the hooks return at once: no copies, no synchronisation.
+Between measured steps the hooks return at once: no copies, no synchronisation. At measured steps
+the training thread does not synchronise with a device either (on CUDA, on the worker path), except
+where a measurement's own shape depends on the data (``tokens`` with padding; layers above
+`exact_max_size`, whose estimator runs on the host).
 
 What reaches disk: `close()` (or leaving the ``with`` block) writes every row. A tracker that is
 garbage-collected without it, or still open when the interpreter exits, is closed then (a finaliser and
 an ``atexit`` hook; the worker thread holds only a weak reference, so it never keeps a tracker alive).
 Lost on SIGKILL or a power loss: the rows not yet in a part, at most `flush_every` measurements (on the
-worker path also those still queued for it, at most 64 more); `ndt.run` recomputes them on resume.
+worker path also those still queued for it, at most `PINNED_BUFFERS` more); `ndt.run` recomputes them on
+resume. `flush(wait=False)` asks the worker to write a part without waiting for it; `durable_step`
+says how far the rows on disk reach.
 
 Under torchrun (a DDP or FSDP2 model, every rank calling `log`), step 1 ends with one all-reduce
 across the ranks and only rank 0 goes on to steps 2 and 3; see `ndt.measure.distributed`. Loggers
@@ -82,6 +89,7 @@ from ndt.measure.spectrum import (
     validate_metric_names,
     with_derived_columns,
 )
+from ndt.measure.transfer import PINNED_BUFFERS, BufferPool, Staged, stage
 from ndt.storage.parquet import MetricsWriter
 from ndt.storage.schema import METRIC_COLUMNS
 
@@ -101,6 +109,13 @@ _DRAIN = "drain"  # worker-queue request: solve whatever is buffered now
 _STOP = "stop"  # worker-queue request: exit
 
 
+@dataclass(frozen=True)
+class _FlushRequest:
+    """Worker-queue request: solve and write a part, then set `durable_step` to `upto`."""
+
+    upto: int  # every step logged before the request is < upto
+
+
 class RowSink(Protocol):
     """Something that also receives the rows (a TensorBoard/W&B/MLflow adapter, `ndt.integrations.loggers`).
 
@@ -115,7 +130,7 @@ class RowSink(Protocol):
 
 @dataclass
 class _Measurement:
-    """One measurement waiting for its spectra. Host arrays are valid once `ready` has fired."""
+    """One measurement waiting for its spectra; its values are read through `staged` (`_land`)."""
 
     step: int
     epoch: int
@@ -126,8 +141,8 @@ class _Measurement:
     n_features: np.ndarray  # (L,) int32
     sizes: list[int]  # Gram side m of each layer
     sample_side: list[bool]  # whether each layer's Gram is A A^T
-    flat: torch.Tensor  # host float64: each layer's GramStats.pieces(), then loss, grad_norm
-    ready: torch.cuda.Event | None  # fires when `flat` has landed (CUDA); None on CPU
+    staged: Staged  # host float64 on its way: each layer's GramStats.pieces(), then loss, grad_norm
+    values: np.ndarray | None = None  # the same once landed (`HighFrequencyTracker._land`)
 
 
 class HighFrequencyTracker:
@@ -177,7 +192,7 @@ class HighFrequencyTracker:
         model: nn.Module,
         sampling_frequency: int = 5,
         layers: LayerSelector = None,
-        probe: torch.Tensor | Sequence[Any] | None = None,
+        probe: torch.Tensor | Sequence[Any] | Mapping[str, Any] | None = None,
         metrics: Sequence[str] = METRIC_COLUMNS,
         writer: str | os.PathLike[str] | MetricsWriter | None = None,
         *,
@@ -248,6 +263,9 @@ class HighFrequencyTracker:
         self._pending: list[_Measurement] = []  # measured, spectra not yet solved
         self.background = device.type == "cuda" if background is None else background
         self._worker: _Worker | None = None  # started at the first background measurement
+        self._pool: BufferPool | None = None  # host buffers of staged measurements (made when needed)
+        #: Every measurement of a step < this has its rows written (`flush`); 0 until a flush.
+        self.durable_step = 0
         self.closed = False
         _OPEN_TRACKERS.add(self)  # closed at interpreter exit if still open
 
@@ -310,10 +328,28 @@ class HighFrequencyTracker:
             raise ValueError("measure_now needs a probe: without one there is no forward to measure")
         self._measure(step, loss, None)
 
-    def flush(self) -> None:
-        """Finish pending spectra and write every buffered row to disk."""
+    def flush(self, wait: bool = True) -> None:
+        """Finish pending spectra and write every buffered row to disk, then advance `durable_step`.
+
+        Args:
+            wait: False on the worker path: ask the worker to do it after the measurements it already
+                holds, and return at once (`durable_step` advances when it is done; an error it hits
+                is raised by a later call). On the inline path the flush is done either way.
+        """
+        upto = 0 if self._last_step is None else self._last_step + 1
+        w = self._worker
+        if not wait and w is not None and threading.current_thread() is not w.thread:
+            self._raise_worker_error()
+            w.queue.put(_FlushRequest(upto))
+            return
         self._drain()
         self.writer.flush()
+        self.durable_step = max(self.durable_step, upto)
+
+    @property
+    def pool(self) -> BufferPool | None:
+        """The host buffers of staged measurements (None until a measurement needed one)."""
+        return self._pool
 
     def get_results(self) -> pd.DataFrame:
         """All rows so far: one per (step, layer), columns as in `ndt.storage.schema`, then the derived
@@ -464,14 +500,7 @@ class HighFrequencyTracker:
             grad_norm = self._grad_norm()
         names = [n for n in self.capture.layer_names if n in stats]
         ordered = [stats[n] for n in names]
-        flat = self._pack(ordered, loss, grad_norm)
-        ready = None
-        if flat.device.type == "cuda":
-            host = torch.empty(flat.shape, dtype=flat.dtype, pin_memory=True)
-            host.copy_(flat, non_blocking=True)  # the measurement's one device-to-host transfer
-            ready = torch.cuda.Event()
-            ready.record(torch.cuda.current_stream(flat.device))  # the stream that queued the copy
-            flat = host
+        staged = self._stage(self._pieces(ordered, loss, grad_norm))
         m = _Measurement(
             step=int(step),
             epoch=self.epoch,
@@ -482,8 +511,7 @@ class HighFrequencyTracker:
             n_features=np.array([s.n_features for s in ordered], dtype=np.int32),
             sizes=[s.size for s in ordered],
             sample_side=[s.sample_side for s in ordered],
-            flat=flat,
-            ready=ready,
+            staged=staged,
         )
         self.n_measurements += 1
         if self.background:
@@ -494,17 +522,55 @@ class HighFrequencyTracker:
                 self._solve_pending()
 
     @staticmethod
-    def _pack(stats: list[GramStats], loss: Any, grad_norm: Any) -> torch.Tensor:
-        """Every layer's statistics, then loss and grad norm, in one float64 vector on their device."""
-        device = stats[0].gram.device
+    def _pieces(stats: list[GramStats], loss: Any, grad_norm: Any) -> list[torch.Tensor]:
+        """Every layer's statistics, then loss and grad norm: 1-D float64 tensors, each on its device."""
+        device = stats[-1].gram.device
 
         def scalar(v: Any) -> torch.Tensor:
-            v = math.nan if v is None else v
-            if isinstance(v, torch.Tensor):
-                return v.detach().to(device=device, dtype=torch.float64).reshape(1)
-            return torch.tensor([v], dtype=torch.float64, device=device)
+            if isinstance(v, torch.Tensor):  # stays where it is: no copy, no wait
+                return v.detach().reshape(1).to(torch.float64)
+            # A Python number: written on the device by a fill kernel (the value travels as a kernel
+            # argument). torch.tensor([v], device=...) would copy it from pageable host memory, which
+            # blocks the host until the device has caught up.
+            return torch.full((1,), math.nan if v is None else float(v), dtype=torch.float64, device=device)
 
-        return torch.cat([*(p for s in stats for p in s.pieces()), scalar(loss), scalar(grad_norm)])
+        return [*(p for s in stats for p in s.pieces()), scalar(loss), scalar(grad_norm)]
+
+    def _stage(self, pieces: list[torch.Tensor]) -> Staged:
+        """Start a measurement's one transfer to the host (see `ndt.measure.transfer`).
+
+        Inline on the CPU: the pieces are concatenated, nothing else. Otherwise (a device, or the worker
+        path) they go into a buffer of the bounded pool: the worker path waits for the worker to free
+        one when all are in use; the inline path reads its own pending measurements to free them.
+        """
+        on_device = [p.device.type for p in pieces if p.device.type != "cpu"]
+        if not (self.background or on_device):
+            return stage(pieces, None)
+        if self._pool is None:
+            self._pool = BufferPool(PINNED_BUFFERS, pin="cuda" in on_device)
+        if self.background:
+            return stage(pieces, self._pool, on_wait=self._check_worker)
+        return stage(pieces, self._pool, reclaim=self._land_pending)
+
+    def _land(self, m: _Measurement) -> np.ndarray:
+        """A measurement's values on the host (waits for its copies; frees its pool buffer)."""
+        if m.values is None:
+            m.values = m.staged.land()
+        return m.values
+
+    def _land_pending(self) -> int:
+        """Land every pending measurement still holding a pool buffer; return how many there were."""
+        held = [m for m in self._pending if m.values is None and m.staged.buffer is not None]
+        for m in held:
+            self._land(m)
+        return len(held)
+
+    def _check_worker(self) -> None:
+        """Raise when the worker failed or is gone (called while waiting for it to free a buffer)."""
+        self._raise_worker_error()
+        w = self._worker
+        if w is not None and not w.thread.is_alive():
+            raise RuntimeError("the spectra worker stopped; no measurement can be taken")
 
     def _solve_pending(self) -> None:
         """Solve the buffered measurements' spectra in one batch, write their rows, flush a part."""
@@ -514,9 +580,7 @@ class HighFrequencyTracker:
         flats, sizes, n_samples, n_features, losses, grad_norms, n_layers = [], [], [], [], [], [], []
         sample_side: list[bool] = []
         for m in batch:
-            if m.ready is not None:
-                m.ready.synchronize()  # this copy only; on the worker thread
-            flat = m.flat.numpy()
+            flat = self._land(m)  # waits for this copy only; on the worker thread
             offset = 0
             for size, side in zip(m.sizes, m.sample_side, strict=True):
                 length = flat_size(size, side)
@@ -582,7 +646,8 @@ class HighFrequencyTracker:
                 stacklevel=2,
             )
 
-    # Worker thread (CUDA by default): bounded queue so a slow host cannot hoard device memory.
+    # Worker thread (CUDA by default). What is in flight is bounded by the pool: each queued
+    # measurement holds one of its PINNED_BUFFERS host buffers until the worker lands it.
 
     def _submit(self, m: _Measurement) -> None:
         if self._worker is None:
@@ -642,7 +707,8 @@ class _Worker:
     """
 
     def __init__(self, tracker: HighFrequencyTracker) -> None:
-        self.queue: queue.Queue[_Measurement | str] = queue.Queue(maxsize=64)
+        # Measurements are bounded by the pool (PINNED_BUFFERS); the margin is for requests.
+        self.queue: queue.Queue[_Measurement | _FlushRequest | str] = queue.Queue(maxsize=PINNED_BUFFERS + 48)
         self.error: BaseException | None = None
         self.orphans: list[_Measurement] = []  # taken while the tracker was being finalised
         self.stop_now = False
@@ -657,7 +723,11 @@ class _Worker:
                 if m == _STOP:
                     return
                 if self.error is not None:
-                    continue  # keep consuming so that _drain's join() returns; the error is re-raised
+                    # Keep consuming, so that _drain's join() returns and a training thread waiting for
+                    # a buffer gets one; the error is re-raised on that thread.
+                    if isinstance(m, _Measurement):
+                        m.staged.release()
+                    continue
                 tracker = self._tracker()
                 if tracker is None:  # being finalised: its close() solves these
                     if isinstance(m, _Measurement):
@@ -666,7 +736,12 @@ class _Worker:
                 try:
                     if m == _DRAIN:
                         tracker._solve_pending()
+                    elif isinstance(m, _FlushRequest):
+                        tracker._solve_pending()
+                        tracker.writer.flush()
+                        tracker.durable_step = max(tracker.durable_step, m.upto)
                     elif isinstance(m, _Measurement):
+                        tracker._land(m)  # at once: its pool buffer is free for the next measurement
                         tracker._pending.append(m)
                         if len(tracker._pending) >= tracker.flush_every:
                             tracker._solve_pending()

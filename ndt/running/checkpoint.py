@@ -17,6 +17,7 @@ import logging
 import os
 import re
 import warnings
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -122,16 +123,36 @@ def latest_valid_checkpoint(
 
 
 def save_checkpoint(
-    run_dir: str | os.PathLike[str], step: int, state: dict[str, Any], keep_last: int | None = None
+    run_dir: str | os.PathLike[str],
+    step: int,
+    state: dict[str, Any],
+    keep_last: int | None = None,
+    keep: Collection[int] = (),
 ) -> Path:
-    """Write `state` atomically and durably as the checkpoint after `step` steps; prune to `keep_last`."""
+    """Write `state` atomically and durably as the checkpoint after `step` steps; prune to `keep_last`.
+
+    `keep`: steps whose checkpoints survive the pruning (see `prune_checkpoints`).
+    """
     path = checkpoint_path(run_dir, step)
     path.parent.mkdir(parents=True, exist_ok=True)
     replace_durably(lambda tmp: torch.save(state, tmp), path)
-    if keep_last is not None:
-        for _, old in list_checkpoints(run_dir)[:-keep_last]:
-            unlink_durably(old)
+    prune_checkpoints(run_dir, keep_last, keep)
     return path
+
+
+def prune_checkpoints(
+    run_dir: str | os.PathLike[str], keep_last: int | None, keep: Collection[int] = ()
+) -> None:
+    """Delete all but the `keep_last` newest checkpoints (None keeps all), and those of steps in `keep`.
+
+    `keep` holds the checkpoint a resume would need while newer rows are still on their way to disk
+    (`ndt.running.train._train`: the spectra worker writes them behind the checkpoints).
+    """
+    if keep_last is None:
+        return
+    for step, old in list_checkpoints(run_dir)[:-keep_last]:
+        if step not in keep:
+            unlink_durably(old)
 
 
 def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, Any]:

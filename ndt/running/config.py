@@ -36,6 +36,9 @@ class TrainerConfig:
     progress: str = "auto"
     eval_batch_size: int = 1024
     num_threads: int | None = None
+    # Values come from conf/trainer/default.yaml (one source); see ndt.running.numerics.
+    tf32: bool = MISSING
+    deterministic: bool = MISSING
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
 

@@ -43,8 +43,10 @@ from ndt.running.checkpoint import (
     latest_valid_checkpoint,
     list_checkpoints,
     load_checkpoint,
+    prune_checkpoints,
     save_checkpoint,
 )
+from ndt.running.numerics import apply_numerics, numerics
 from ndt.running.validation import validate_config
 from ndt.storage.durable import unlink_durably
 from ndt.storage.layout import (
@@ -151,18 +153,14 @@ def run_dir_for(cfg: DictConfig) -> Path:
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto``: CUDA when present (with TF32 matmuls and cuDNN autotuning), else CPU."""
+    """``auto``: CUDA when present, else CPU (TF32 and cuDNN autotuning: `ndt.running.numerics`)."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise RuntimeError(
-                f"trainer.device={name} but no CUDA device is visible; use trainer.device=auto or cpu"
-            )
-        torch.backends.cuda.matmul.allow_tf32 = True  # the usual speed settings on Ampere and later
-        torch.backends.cudnn.allow_tf32 = True
-        torch.backends.cudnn.benchmark = True
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(
+            f"trainer.device={name} but no CUDA device is visible; use trainer.device=auto or cpu"
+        )
     return device
 
 
@@ -280,7 +278,8 @@ class Progress:
             self.bar = tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True)
 
     def update(self, step: int, loss: float | None) -> None:
-        """Called after step `step` (0-based); `loss` given on log steps only (a host sync on CUDA)."""
+        """Called after step `step` (0-based); `loss`: on log steps, the newest loss on the host (on CUDA
+        one of an earlier log step: see `LossMonitor`), else None."""
         if self.bar is not None:
             self.bar.update(1)
             if loss is not None:
@@ -301,6 +300,55 @@ class Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+class LossMonitor:
+    """The loss of log steps on the host, read without making the training thread wait for a GPU.
+
+    On the CPU `record` reads the value at once. On CUDA it queues a non-blocking copy of the loss
+    into a small pinned buffer with an event behind it, and returns the values whose copies have
+    landed (an event query, never a wait): a log line, and the check for a non-finite loss, come a
+    log interval late. `poll(wait=True)` waits for every copy; `_train` calls it before each
+    checkpoint (which synchronises anyway, copying the weights to the host), so no checkpoint is
+    taken after a non-finite logged loss.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self._in_flight: list[tuple[int, torch.Tensor, torch.cuda.Event]] = []
+        self._free: list[torch.Tensor] = []  # landed pinned scalars, reused
+
+    def record(self, step: int, loss: torch.Tensor) -> list[tuple[int, float]]:
+        """Start reading `loss` (of step `step`); return the (step, value) pairs that have landed."""
+        if not self.cuda:
+            return [(step, loss.item())]  # the CPU: no device to wait for
+        landed = self.poll()
+        buf = self._free.pop() if self._free else torch.empty(1, dtype=torch.float64, pin_memory=True)
+        buf.copy_(loss.detach().reshape(1).to(torch.float64), non_blocking=True)  # cast on the device
+        event = torch.cuda.Event()
+        event.record(torch.cuda.current_stream(loss.device))
+        self._in_flight.append((step, buf, event))
+        return landed
+
+    def poll(self, wait: bool = False) -> list[tuple[int, float]]:
+        """The (step, value) pairs whose copies have landed, oldest first; all of them when `wait`."""
+        landed = []
+        while self._in_flight:
+            step, buf, event = self._in_flight[0]
+            if not event.query():  # a query never waits
+                if not wait:
+                    break
+                event.synchronize()
+            self._in_flight.pop(0)
+            landed.append((step, float(buf[0])))  # buf is host memory: no device involved
+            self._free.append(buf)
+        return landed
+
+
+def check_loss(step: int, value: float) -> None:
+    """Raise FloatingPointError for a non-finite loss (the run is then recorded as failed)."""
+    if not math.isfinite(value):
+        raise FloatingPointError(f"loss is {value} at step {step}; lower optim.lr or check the data")
 
 
 @torch.no_grad()
@@ -516,7 +564,12 @@ def restore_at(run_dir: str | Path, steps_done: int, device: str | torch.device 
         raise ValueError(
             f"step {steps_done} is outside this run's 0..{cfg.trainer.max_steps} optimizer steps"
         )
-    state = build_training(cfg, torch.device(device))
+    device = torch.device(device)
+    if device.type == "cuda":
+        # Replay with the run's arithmetic. Runs recorded before these options existed ran on CUDA with
+        # TF32 and cuDNN autotuning on. Left set: the replay goes on after this returns.
+        apply_numerics(cfg.trainer.get("tf32", True), cfg.trainer.get("deterministic", False), device)
+    state = build_training(cfg, device)
     usable = [(s, p) for s, p in list_checkpoints(run_dir) if s <= steps_done]
     start = 0
     if usable:
@@ -532,7 +585,8 @@ def segment_record(start_step: int, device: torch.device, record: dict[str, Any]
     """One entry of run.json's ``segments``: what one process that trained the run ran on.
 
     Keys: start_step (steps done when it started), started_at (UTC, ISO 8601), host, pid, device,
-    git_commit, versions, and slurm (job ids) under SLURM.
+    numerics (`ndt.running.numerics.current_numerics`), git_commit, versions, and slurm (job ids)
+    under SLURM.
     """
     seg: dict[str, Any] = {
         "start_step": int(start_step),
@@ -540,6 +594,7 @@ def segment_record(start_step: int, device: torch.device, record: dict[str, Any]
         "host": socket.gethostname(),
         "pid": os.getpid(),
         "device": str(device),
+        "numerics": record.get("numerics"),
         "git_commit": record.get("git_commit"),
         "versions": record.get("versions"),
     }
@@ -558,8 +613,8 @@ def previous_segments(run_dir: Path) -> list[dict[str, Any]]:
 
 
 def warn_if_mixed(run_name_: str, segments: list[dict[str, Any]]) -> None:
-    """Log a warning when the segments of a run ran on different devices, commits or versions."""
-    for key in ("device", "git_commit", "versions"):
+    """Log a warning when the segments of a run ran on different devices, numerics, commits or versions."""
+    for key in ("device", "numerics", "git_commit", "versions"):
         values = {json_key(s.get(key)) for s in segments}
         if len(values) > 1:
             log.warning(
@@ -629,6 +684,38 @@ def job_ids() -> dict[str, str]:
     return {k.lower(): os.environ[k] for k in keys if k in os.environ}
 
 
+def make_tracker(
+    cfg: DictConfig,
+    state: TrainingState,
+    writer: MetricsWriter | None,
+    run_id: str,
+    elapsed: float = 0.0,
+    loggers: list[Any] | None = None,
+) -> HighFrequencyTracker:
+    """The tracker of a run, configured by ``cfg.tracker`` (also used by `ndt.bench.gpu`)."""
+    return HighFrequencyTracker(
+        state.model,
+        sampling_frequency=cfg.tracker.sampling_frequency,
+        probe=state.probe,
+        metrics=list(cfg.tracker.metrics),
+        writer=writer,
+        run_id=run_id,
+        arch=cfg.arch.name,
+        dataset=cfg.dataset.name,
+        seed=int(cfg.seed),
+        center=cfg.tracker.center,
+        sequence_reduction=cfg.tracker.sequence_reduction,
+        conv_reduction=cfg.tracker.conv_reduction,
+        max_rows=cfg.tracker.max_rows,
+        exact_max_size=cfg.tracker.exact_max_size,
+        hook_point=cfg.tracker.hook_point,
+        padding_mask="auto" if cfg.tracker.mask_padding else None,  # the model declares its mask
+        flush_every=cfg.tracker.flush_every,
+        elapsed=elapsed,
+        loggers=loggers or [],
+    )
+
+
 def _train(cfg: DictConfig, run_dir: Path, record: dict[str, Any]) -> dict[str, Any]:
     t = Timings()
     if cfg.trainer.num_threads:
@@ -636,6 +723,15 @@ def _train(cfg: DictConfig, run_dir: Path, record: dict[str, Any]) -> dict[str, 
     device = resolve_device(
         distributed.init_strategy(cfg.trainer.get("strategy", "single"), cfg.trainer.device)
     )
+    # Set before the model is built (its init runs under them too); the previous values come back after.
+    with numerics(bool(cfg.trainer.tf32), bool(cfg.trainer.deterministic), device) as applied:
+        record["numerics"] = applied
+        return _train_on(cfg, run_dir, record, device, t)
+
+
+def _train_on(
+    cfg: DictConfig, run_dir: Path, record: dict[str, Any], device: torch.device, t: Timings
+) -> dict[str, Any]:
     state = build_training(cfg, device)
     t.data_s = time.perf_counter() - t.start
     info = describe(distributed.unwrap(state.model))
@@ -669,24 +765,11 @@ def _train(cfg: DictConfig, run_dir: Path, record: dict[str, Any]) -> dict[str, 
     writer = (
         MetricsWriter(metrics_dir, cfg.tracker.flush_every, resume_after_step=resume_after) if main else None
     )
-    tracker = HighFrequencyTracker(
-        state.model,
-        sampling_frequency=cfg.tracker.sampling_frequency,
-        probe=state.probe,
-        metrics=list(cfg.tracker.metrics),
-        writer=writer,
-        run_id=record["run_id"],
-        arch=cfg.arch.name,
-        dataset=cfg.dataset.name,
-        seed=int(cfg.seed),
-        center=cfg.tracker.center,
-        sequence_reduction=cfg.tracker.sequence_reduction,
-        conv_reduction=cfg.tracker.conv_reduction,
-        max_rows=cfg.tracker.max_rows,
-        exact_max_size=cfg.tracker.exact_max_size,
-        hook_point=cfg.tracker.hook_point,
-        padding_mask="auto" if cfg.tracker.mask_padding else None,  # the model declares its mask
-        flush_every=cfg.tracker.flush_every,
+    tracker = make_tracker(
+        cfg,
+        state,
+        writer,
+        record["run_id"],
         elapsed=elapsed,
         loggers=make_loggers(
             list(cfg.tracker.get("loggers") or []),
@@ -696,10 +779,18 @@ def _train(cfg: DictConfig, run_dir: Path, record: dict[str, Any]) -> dict[str, 
         ),
     )
     max_steps, every = int(cfg.trainer.max_steps), int(cfg.trainer.checkpoint.every)
+    keep_last = cfg.trainer.checkpoint.keep_last
     progress = Progress(cfg.trainer.progress, max_steps, start_step, cfg.trainer.log_every, run_dir.name)
+    losses = LossMonitor(device)
+    # Checkpoints a resume can start from without redoing more than one interval: the newest one at
+    # or before `tracker.durable_step` (see the checkpoint block below); the resumed-from one to begin.
+    safe_step = start_step
     t_loop = time.perf_counter()
     try:
         state.model.train()
+        # The hot path: nothing below waits for the device except at a checkpoint (its weights are
+        # copied to the host). On CUDA the loss reaches the host through LossMonitor, the tracker's
+        # measurements through its worker, and the data order once per epoch from pinned memory.
         for step in range(start_step, max_steps):
             epoch = state.sampler.epoch  # the epoch this batch belongs to
             loss = training_step(state)
@@ -710,18 +801,30 @@ def _train(cfg: DictConfig, run_dir: Path, record: dict[str, Any]) -> dict[str, 
             t.measure_s += time.perf_counter() - t_m
 
             is_log_step = (step + 1) % cfg.trainer.log_every == 0 or step + 1 == max_steps
-            loss_value = loss.item() if is_log_step else None  # a CPU-GPU sync point: log steps only
-            if loss_value is not None and not math.isfinite(loss_value):
-                raise FloatingPointError(
-                    f"loss is {loss_value} at step {step}; lower optim.lr or check the data"
-                )
-            progress.update(step, loss_value)
+            landed = losses.record(step, loss) if is_log_step else []  # CPU: this step's; CUDA: earlier ones
+            for s, value in landed:
+                check_loss(s, value)
+            progress.update(step, landed[-1][1] if landed else None)
 
             if (step + 1) % every == 0 or step + 1 == max_steps:
                 t_c = time.perf_counter()
-                tracker.flush()  # rows before the checkpoint reach disk first: resume never leaves a gap
+                for s, value in losses.poll(wait=True):  # no checkpoint after a non-finite logged loss
+                    check_loss(s, value)
+                # The rows measured before this checkpoint are written behind it, by the spectra
+                # worker (on the inline path, now): training does not wait for them. A resume stays
+                # exact without that wait: `find_resume_point` takes the first measured step missing
+                # from disk and resumes from the newest checkpoint at or before it, redoing the rows
+                # after that checkpoint, so a checkpoint whose rows never arrived is skipped, never
+                # trusted. What must not happen is that the checkpoint such a resume needs is pruned:
+                # `keep_last` spares the newest checkpoint whose rows are all on disk (`safe_step`),
+                # so a crash costs at most the steps since it, and rows are never lost or doubled
+                # (with no usable checkpoint at all the resume starts over and drops every row).
+                tracker.flush(wait=False)
+                durable = tracker.durable_step  # inline: step + 1 already; worker: a moment ago's
+                steps = [*(s for s, _ in list_checkpoints(run_dir)), step + 1]
+                safe_step = max([safe_step, *(s for s in steps if s <= durable)])
                 payload = checkpoint_payload(state, step + 1, elapsed + time.perf_counter() - t.start)
-                save_checkpoint(run_dir, step + 1, payload, keep_last=cfg.trainer.checkpoint.keep_last)
+                save_checkpoint(run_dir, step + 1, payload, keep_last=keep_last, keep={safe_step})
                 heartbeat(run_dir)
                 t.checkpoint_s += time.perf_counter() - t_c
             elif is_log_step:
@@ -731,6 +834,8 @@ def _train(cfg: DictConfig, run_dir: Path, record: dict[str, Any]) -> dict[str, 
         t_m = time.perf_counter()
         tracker.close()
         t.measure_s += time.perf_counter() - t_m
+    if distributed.is_main():
+        prune_checkpoints(run_dir, keep_last)  # every row is on disk now: the spared one can go
     t.train_s = time.perf_counter() - t_loop - t.measure_s - t.checkpoint_s
 
     t_e = time.perf_counter()

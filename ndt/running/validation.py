@@ -107,6 +107,12 @@ def check_config(cfg: DictConfig) -> list[str]:
         "must be auto, cpu, cuda, cuda:N or mps",
     )
     need("trainer.progress", lambda v: v in PROGRESS_MODES, f"must be one of {', '.join(PROGRESS_MODES)}")
+    need("trainer.tf32", lambda v: isinstance(v, bool), "must be true or false (TF32 matmuls on the GPU)")
+    need(
+        "trainer.deterministic",
+        lambda v: isinstance(v, bool),
+        "must be true or false (deterministic GPU algorithms, no cuDNN autotuning)",
+    )
 
     int_at_least("tracker.sampling_frequency", 1, "steps between measurements")
     int_at_least("tracker.flush_every", 1, "measurements per Parquet part")
