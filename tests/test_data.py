@@ -1,7 +1,7 @@
 """Tests of ndt.data: loaders on small files written in the real formats, subsets, the sampler.
 
-Nothing is downloaded: each test writes IDX or CSV files into tmp_path and loads them with
-download=False through the same code the study uses. Expected values are computed by hand.
+Nothing is downloaded: each test writes IDX, CSV or CIFAR-10 pickle files into tmp_path and loads
+them with download=False through the same code the study uses. Expected values are computed by hand.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from cifar10_files import N_TEST, TRAIN_PER_BATCH, accept_files, write_cifar10
 
 from ndt.data import (
     DEFAULT_TEST_SUBSET,
@@ -321,13 +322,74 @@ def test_defaults_and_bad_arguments(tmp_path: Path) -> None:
         "qmnist": 300,
         "ag_news": 300,
         "digits": 250,
+        "cifar10": 250,
     }
     with pytest.raises(ValueError, match="unknown dataset"):
-        load_dataset("cifar10", data_dir=tmp_path, seed=0)
+        load_dataset("svhn", data_dir=tmp_path, seed=0)
     with pytest.raises(ValueError, match="encoding"):
         load_dataset("digits", data_dir=tmp_path, seed=0, encoding="raw_ids")
     with pytest.raises(ValueError, match="positive"):
         load_dataset("digits", data_dir=tmp_path, seed=0, train_subset=0)
+
+
+# --- CIFAR-10: pickled batches of (N, 3072) uint8 rows (see tests/cifar10_files.py) --------------
+
+#: CIFAR-10's published per-channel statistics, written out here (not read from ndt.data.images).
+CIFAR_MEAN = np.array([0.4914, 0.4822, 0.4465])
+CIFAR_STD = np.array([0.2470, 0.2435, 0.2616])
+
+
+def test_cifar10_loads_normalises_and_keeps_labels(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    written = write_cifar10(tmp_path)
+    accept_files(monkeypatch, tmp_path)
+    data = load_dataset(
+        "cifar10", data_dir=tmp_path, seed=0, train_subset=None, test_subset=None, download=False
+    )
+    assert data.spec.input_shape == (3, 32, 32) and data.spec.num_classes == 10
+    assert tuple(data.train_x.shape) == (5 * TRAIN_PER_BATCH, 3, 32, 32)
+    assert tuple(data.test_x.shape) == (N_TEST, 3, 32, 32)
+    for x, y, (images, labels) in (
+        (data.train_x, data.train_y, written["train"]),
+        (data.test_x, data.test_y, written["test"]),
+    ):
+        assert x.dtype == torch.float32 and y.dtype == torch.int64
+        # The red pixel (0, 0) numbers the examples: undo the normalisation to find which each row is.
+        index = np.rint((x[:, 0, 0, 0].double().numpy() * CIFAR_STD[0] + CIFAR_MEAN[0]) * 255).astype(int)
+        assert sorted(index.tolist()) == list(range(len(labels)))  # every example once (shuffled)
+        expected = (images[index] / 255.0 - CIFAR_MEAN[None, :, None, None]) / CIFAR_STD[None, :, None, None]
+        np.testing.assert_allclose(x.double().numpy(), expected, rtol=0, atol=1e-5)
+        assert y.tolist() == labels[index].tolist()
+
+
+def test_cifar10_checksums_are_still_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_cifar10(tmp_path)
+    # Without the fixture's checksum table, torchvision compares with the real files' md5s and refuses.
+    with pytest.raises(RuntimeError, match="corrupted"):
+        load_dataset("cifar10", data_dir=tmp_path, seed=0, download=False)
+    accept_files(monkeypatch, tmp_path)
+    batch = tmp_path / "cifar-10-batches-py" / "data_batch_3"
+    batch.write_bytes(batch.read_bytes()[:-1])  # altered after its md5 was taken
+    with pytest.raises(RuntimeError, match="corrupted"):
+        load_dataset("cifar10", data_dir=tmp_path, seed=0, download=False)
+
+
+def test_missing_cifar10_names_its_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_cifar10(tmp_path)
+    accept_files(monkeypatch, tmp_path)
+    missing = tmp_path / "cifar-10-batches-py" / "test_batch"
+    missing.unlink()
+    with pytest.raises(DatasetNotFoundError) as info:
+        load_dataset("cifar10", data_dir=tmp_path, seed=0, download=False)
+    message = str(info.value)
+    assert f"{missing}  (missing)" in message and "paths.data_dir" in message and "download=True" in message
+    folder = tmp_path / "cifar-10-batches-py"
+    expected = [folder / f"data_batch_{k}" for k in range(1, 6)] + [
+        folder / "test_batch",
+        folder / "batches.meta",
+    ]
+    assert list(info.value.paths) == expected
+    with pytest.raises(DatasetNotFoundError, match=r"cifar-10-batches-py"):
+        load_dataset("cifar10", data_dir=tmp_path / "nowhere", seed=0, download=False)
 
 
 # --- EpochSampler ----------------------------------------------------------------------------

@@ -1,7 +1,8 @@
-"""Image datasets: MNIST, Fashion-MNIST and QMNIST through torchvision, and scikit-learn's digits.
+"""Image datasets: MNIST, Fashion-MNIST, QMNIST and CIFAR-10 through torchvision, and scikit-learn's digits.
 
-Every image dataset reaches the model as float32 (N, 1, 28, 28), standardised per dataset with a
-fixed (mean, std) so that all architectures take every image dataset unchanged.
+The study's image datasets reach the model as float32 (N, 1, 28, 28), standardised per dataset with
+a fixed (mean, std) so that all architectures take every one of them unchanged. CIFAR-10 (issue 13's
+extended set) reaches it as float32 (N, 3, 32, 32), standardised per channel.
 """
 
 from __future__ import annotations
@@ -29,6 +30,14 @@ NORMALISATION: dict[str, tuple[float, float]] = {
     # `_scaled_digits`): mean 0.30526, std 0.32469 (float64, population std), rounded to 4 places.
     "digits": (0.3053, 0.3247),
 }
+
+#: CIFAR-10's per-channel (R, G, B) mean and std of pixel values scaled to [0, 1]: the widely
+#: published statistics of its 50,000 training images (population std over all pixels of a channel;
+#: not the (0.2023, 0.1994, 0.2010) often copied, which is a mean of per-image stds).
+CIFAR10_NORMALISATION: tuple[tuple[float, float, float], tuple[float, float, float]] = (
+    (0.4914, 0.4822, 0.4465),
+    (0.2470, 0.2435, 0.2616),
+)
 
 #: Digits split: the first 1,437 images train, the last 360 test (about 80/20). Fixed and
 #: seed-independent so that every seed evaluates on the same held-out writers' digits.
@@ -132,6 +141,79 @@ def load_torchvision_splits(name: str, data_dir: Path, download: bool) -> tuple[
 
         def take(idx: Tensor, images: Tensor = images, labels: Tensor = labels) -> tuple[Tensor, Tensor]:
             return normalise_uint8(images[idx], mean, std), labels[idx]
+
+        splits.append(RawSplit(size=len(labels), take=take))
+    return splits[0], splits[1]
+
+
+def normalise_uint8_rgb(images: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:
+    """Turn uint8 channels-last colour images into standardised float32 channels-first images.
+
+    Args:
+        images: uint8 (N, H, W, C), pixel values 0..255 (torchvision's CIFAR-10 `data` layout).
+        mean: per-channel mean of the [0, 1]-scaled pixels, length C.
+        std: per-channel std of the [0, 1]-scaled pixels, length C.
+
+    Returns:
+        float32 (N, C, H, W): (pixel / 255 - mean[c]) / std[c].
+    """
+    x = images.permute(0, 3, 1, 2).to(torch.float32).div_(255.0)  # (N, C, H, W), a copy
+    m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+    return x.sub_(m).div_(s)
+
+
+def _cifar10_files(data_dir: Path) -> list[Path]:
+    """The files torchvision's CIFAR10 checks (five training batches, the test batch, the metadata)."""
+    cls = torchvision.datasets.CIFAR10
+    folder = data_dir / cls.base_folder
+    names = [name for name, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
+    return [folder / name for name in names]
+
+
+def load_cifar10_splits(data_dir: Path, download: bool) -> tuple[RawSplit, RawSplit]:
+    """Train (50,000) and test (10,000) splits of CIFAR-10 through torchvision's `CIFAR10` loader.
+
+    torchvision reads the pickled batches of ``<data_dir>/cifar-10-batches-py/`` after checking each
+    file's md5 against the published one (`CIFAR10.train_list`, `test_list`, `meta`), downloading
+    and extracting ``cifar-10-python.tar.gz`` first when `download` is set and a check fails.
+
+    Returns:
+        (train, test) splits whose `take` gives float32 (K, 3, 32, 32) normalised images, int64 (K,) labels.
+
+    Raises:
+        DatasetNotFoundError: files absent and not downloaded (off, or no network).
+    """
+    mean, std = CIFAR10_NORMALISATION
+    cls = torchvision.datasets.CIFAR10
+    splits = []
+    for train in (True, False):
+        try:
+            dataset = cls(str(data_dir), train=train, download=download)
+        except (RuntimeError, OSError) as err:
+            # torchvision says "Dataset not found or corrupted" (RuntimeError) or fails to download
+            # (RuntimeError, or URLError: an OSError). Files all present: a checksum or read error.
+            expected = _cifar10_files(data_dir)
+            if all(p.is_file() for p in expected):
+                raise
+            tried = f"Downloading failed ({err}). " if download else ""
+            raise not_found_error(
+                "cifar10",
+                data_dir,
+                expected,
+                f"{tried}To get them, load with download=True on a machine with network access (torchvision "
+                f"fetches {cls.url} and extracts it into {data_dir / cls.base_folder}), or extract that "
+                f"archive into {data_dir} yourself.",
+            ) from err
+        images = torch.from_numpy(dataset.data)  # uint8 (N, 32, 32, 3)
+        labels = torch.tensor(dataset.targets, dtype=torch.int64)
+        if images.dtype != torch.uint8 or tuple(images.shape[1:]) != (32, 32, 3):
+            raise ValueError(
+                f"cifar10: expected uint8 (N, 32, 32, 3) images, got {images.dtype} {tuple(images.shape)}"
+            )
+
+        def take(idx: Tensor, images: Tensor = images, labels: Tensor = labels) -> tuple[Tensor, Tensor]:
+            return normalise_uint8_rgb(images[idx], mean, std), labels[idx]
 
         splits.append(RawSplit(size=len(labels), take=take))
     return splits[0], splits[1]

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from ndt.data.common import STREAM_SUBSET, RawSplit, seeded_generator
-from ndt.data.images import load_digits_splits, load_torchvision_splits
+from ndt.data.images import load_cifar10_splits, load_digits_splits, load_torchvision_splits
 from ndt.data.spec import DATASET_NAMES, DatasetSpec, Encoding, dataset_spec
 from ndt.data.text import load_ag_news_splits
 
@@ -34,7 +34,8 @@ class SplitData:
 
     Attributes:
         spec: shape and kind of the examples.
-        train_x: (N_train, *spec.input_shape): float32 normalised images (N, 1, 28, 28); for AG
+        train_x: (N_train, *spec.input_shape): float32 normalised images (N, 1, 28, 28) (CIFAR-10:
+            (N, 3, 32, 32)); for AG
             News int64 token ids (N, 100) with encoding "embedding", the same ids as float32 with "raw_ids".
         train_y: int64 (N_train,) labels in 0..num_classes-1.
         test_x: (N_test, *spec.input_shape), as `train_x`.
@@ -120,6 +121,8 @@ def _raw_splits(name: str, data_dir: Path, download: bool) -> tuple[RawSplit, Ra
         return load_ag_news_splits(data_dir)
     if name == "digits":
         return load_digits_splits()
+    if name == "cifar10":
+        return load_cifar10_splits(data_dir, download)
     raise AssertionError(f"no loader for dataset {name!r}")  # dataset_spec rejected unknown names
 
 
@@ -136,9 +139,10 @@ def load_dataset(
     """Load a dataset's seeded training and test subsets as CPU tensors.
 
     Args:
-        name: one of `DATASET_NAMES` (`mnist`, `fashion_mnist`, `qmnist`, `ag_news`, `digits`).
+        name: one of `DATASET_NAMES` (`mnist`, `fashion_mnist`, `qmnist`, `ag_news`, `digits`, `cifar10`).
         data_dir: data directory (config key `paths.data_dir`); torchvision's root for the image
-            datasets, `<data_dir>/ag_news/{train,test}.csv` for AG News; unused by digits.
+            datasets (CIFAR-10: `<data_dir>/cifar-10-batches-py/`), `<data_dir>/ag_news/{train,test}.csv`
+            for AG News; unused by digits.
         seed: run seed (>= 0) for the subset draws.
         train_subset: training examples kept (None: all). Clipped to the split, with a warning
             (info for digits, whose 1,437 training images are fewer than the default 1,500).
@@ -147,7 +151,8 @@ def load_dataset(
         download: let torchvision download missing image files (AG News and digits never download).
 
     Returns:
-        The subsets; images float32 (N, 1, 28, 28), AG News (N, 100) ids; labels int64 (N,).
+        The subsets; images float32 (N, 1, 28, 28) (CIFAR-10: (N, 3, 32, 32)), AG News (N, 100) ids;
+        labels int64 (N,).
 
     Raises:
         ValueError: unknown dataset, invalid encoding, or a subset size below 1.

@@ -26,9 +26,9 @@ class DatasetSpec:
     """Shape and kind of one dataset's examples.
 
     Attributes:
-        name: config option name (`mnist`, `fashion_mnist`, `qmnist`, `ag_news`, `digits`).
+        name: config option name (`mnist`, `fashion_mnist`, `qmnist`, `ag_news`, `digits`, `cifar10`).
         modality: "image" or "text".
-        input_shape: shape of one example as the model receives it, e.g. (1, 28, 28) or (100,).
+        input_shape: shape of one example as the model receives it, e.g. (1, 28, 28), (3, 32, 32) or (100,).
         num_classes: number of labels.
         encoding: "pixels" for images; "embedding" or "raw_ids" for text.
         vocab_size: token vocabulary size (text only), PAD=0 and UNK=1 included.
@@ -61,6 +61,8 @@ _SPECS: dict[str, dict[str, object]] = {
         "encoding": "embedding",
         "vocab_size": AG_NEWS_VOCAB_SIZE,
     },
+    # CIFAR-10 (issue 13's extended set): 32x32 RGB, 10 classes, channels first.
+    "cifar10": {"modality": "image", "input_shape": (3, 32, 32), "num_classes": 10, "encoding": "pixels"},
 }
 
 DATASET_NAMES: tuple[str, ...] = tuple(_SPECS)

@@ -1,15 +1,18 @@
-"""The study's 15 architectures, selected by name.
+"""The study's 15 architectures and the extended ones, selected by name.
 
 `build_model(arch, dataset)` builds one; `describe(model)` returns its family, depth, width and
-parameter count; `ARCHS` (in `registry`) is the single definition of every architecture's shape.
-Module names per family are documented in `mlp`, `cnn` and `transformer`; the output layer is `fc`
-in all of them.
+parameter count; `ARCHS` (the study's 15) and `EXTENDED_ARCHS` (ResNet-18, ViT) in `registry` are
+the single definition of every architecture's shape. Module names per family are documented in
+`mlp`, `cnn`, `transformer` and `vision`; the output layer is `fc` in all of them but the ViT
+(torchvision's `heads.head`).
 """
 
 from ndt.models.build import build_model
 from ndt.models.registry import (
     ARCH_NAMES,
     ARCHS,
+    EXTENDED_ARCH_NAMES,
+    EXTENDED_ARCHS,
     IncompatiblePairError,
     ModelInfo,
     arch_family,
@@ -20,6 +23,8 @@ from ndt.models.registry import (
 __all__ = [
     "ARCHS",
     "ARCH_NAMES",
+    "EXTENDED_ARCHS",
+    "EXTENDED_ARCH_NAMES",
     "IncompatiblePairError",
     "ModelInfo",
     "arch_family",

@@ -10,11 +10,14 @@ from ndt.models.registry import (
     CNNArch,
     MLPArch,
     ModelInfo,
+    ResNetArch,
     TransformerArch,
+    ViTArch,
     arch_spec,
     check_compatible,
 )
 from ndt.models.transformer import Transformer
+from ndt.models.vision import ResNet18, ViT
 
 
 def build_model(arch: str, dataset: str | DatasetSpec, *, encoding: Encoding | None = None) -> ArchModel:
@@ -24,7 +27,7 @@ def build_model(arch: str, dataset: str | DatasetSpec, *, encoding: Encoding | N
     (see `describe`).
 
     Args:
-        arch: one of `ARCH_NAMES`, e.g. "cnn_deep".
+        arch: one of `ARCH_NAMES` or `EXTENDED_ARCH_NAMES`, e.g. "cnn_deep" or "resnet18".
         dataset: a dataset name (resolved by `ndt.data.spec.dataset_spec`) or a `DatasetSpec`.
         encoding: text encoding ("embedding" or "raw_ids") when `dataset` is a name; None for
             the dataset's default.
@@ -34,7 +37,7 @@ def build_model(arch: str, dataset: str | DatasetSpec, *, encoding: Encoding | N
 
     Raises:
         ValueError: unknown architecture or dataset, or an encoding that does not apply.
-        IncompatiblePairError: the pair is undefined (a CNN on text).
+        IncompatiblePairError: the pair is undefined (a CNN, ResNet or ViT on text).
     """
     spec = _resolve_spec(dataset, encoding)
     cfg = arch_spec(arch)
@@ -49,7 +52,11 @@ def build_model(arch: str, dataset: str | DatasetSpec, *, encoding: Encoding | N
         model = Transformer(
             spec.num_inputs, cfg.d_model, cfg.nhead, cfg.num_layers, spec.num_classes, vocab_size=vocab_size
         )
-    else:  # pragma: no cover - the registry holds only the three families
+    elif isinstance(cfg, ResNetArch):
+        model = ResNet18(spec.input_shape, cfg, spec.num_classes)
+    elif isinstance(cfg, ViTArch):
+        model = ViT(spec.input_shape, cfg, spec.num_classes)
+    else:  # pragma: no cover - every registry entry type has a branch above
         raise TypeError(f"no builder for {type(cfg).__name__}")
     params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     model.info = ModelInfo(arch=arch, family=cfg.family, depth=cfg.depth, width=cfg.width, params=params)

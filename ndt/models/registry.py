@@ -3,6 +3,10 @@
 Each architecture name (a `conf/arch/` option name and the `arch` column of result rows) maps to a
 small frozen dataclass. Depth and width are properties derived from the widths stored here, so they
 are never written down twice. `describe()` reads them back from a built model.
+
+`ARCHS` holds the study's 15 in the order of its tables (tables, sweeps and golden files rely on
+it); `EXTENDED_ARCHS` holds the architectures added since (torchvision's ResNet-18 and ViT), which
+`arch_spec`, `arch_family`, `check_compatible` and `build_model` accept alike.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from torch import nn
 
 from ndt.data.spec import DatasetSpec
 
-Family = Literal["mlp", "cnn", "transformer"]
+Family = Literal["mlp", "cnn", "transformer", "resnet", "vit"]
 
 
 @dataclass(frozen=True)
@@ -90,7 +94,68 @@ class TransformerArch:
         return float(self.d_model)
 
 
-ArchSpec = MLPArch | CNNArch | TransformerArch
+@dataclass(frozen=True)
+class ResNetArch:
+    """torchvision's ResNet of BasicBlocks with the CIFAR stem (`ndt.models.vision.ResNet18`).
+
+    Depth counts the weighted layers on the main path, the convention that names ResNet-18: the stem
+    conv, two 3x3 convs per block and the output Linear (the 1x1 shortcut projections are not counted).
+
+    Attributes:
+        blocks: BasicBlocks in each of the four stages, input side first.
+    """
+
+    blocks: tuple[int, int, int, int]
+    family: ClassVar[Family] = "resnet"
+    #: Output channels of the stem and of each stage's convs (fixed in torchvision's ResNet).
+    STEM_CHANNELS: ClassVar[int] = 64
+    STAGE_CHANNELS: ClassVar[tuple[int, int, int, int]] = (64, 128, 256, 512)
+
+    @property
+    def depth(self) -> int:
+        """Stem conv + 2 convs per block + the output Linear (18 for blocks (2, 2, 2, 2))."""
+        return 1 + 2 * sum(self.blocks) + 1
+
+    @property
+    def width(self) -> float:
+        """Mean output channels of the main-path convs (stem and block convs; 3904 / 17 for ResNet-18)."""
+        convs = [self.STEM_CHANNELS] + [
+            c for c, n in zip(self.STAGE_CHANNELS, self.blocks, strict=True) for _ in range(2 * n)
+        ]
+        return fmean(convs)
+
+
+@dataclass(frozen=True)
+class ViTArch:
+    """torchvision's VisionTransformer (pre-norm, GELU MLP, class token) (`ndt.models.vision.ViT`).
+
+    Attributes:
+        patch_size: side of the square patches, in pixels.
+        num_layers: encoder layers.
+        num_heads: attention heads per layer.
+        hidden_dim: token width d.
+        mlp_dim: MLP hidden width.
+    """
+
+    patch_size: int
+    num_layers: int
+    num_heads: int
+    hidden_dim: int
+    mlp_dim: int
+    family: ClassVar[Family] = "vit"
+
+    @property
+    def depth(self) -> int:
+        """Number of encoder layers (as for the study's transformers)."""
+        return self.num_layers
+
+    @property
+    def width(self) -> float:
+        """Token width d (as for the study's transformers)."""
+        return float(self.hidden_dim)
+
+
+ArchSpec = MLPArch | CNNArch | TransformerArch | ResNetArch | ViTArch
 
 #: The study's 15 architectures, in the order of its tables.
 ARCHS: Mapping[str, ArchSpec] = MappingProxyType(
@@ -115,6 +180,26 @@ ARCHS: Mapping[str, ArchSpec] = MappingProxyType(
 
 ARCH_NAMES: tuple[str, ...] = tuple(ARCHS)
 
+#: Architectures beyond the study's (issue 13), kept apart so that `ARCHS` stays the study's 15.
+EXTENDED_ARCHS: Mapping[str, ArchSpec] = MappingProxyType(
+    {
+        # torchvision.models.resnet18 (2 BasicBlocks per stage), CIFAR stem: 11.2M parameters.
+        "resnet18": ResNetArch(blocks=(2, 2, 2, 2)),
+        # ViT-Tiny's width (d 192, 3 heads of 64, MLP 4d = 768) at half its depth (6 of 12 layers):
+        # the smallest standard ViT shape, made shallower so that a run of the study's protocol (2,000
+        # steps at batch 32) trains on a 2-core CPU in about 15-20 minutes (~0.45 s a step at 28x28,
+        # ~0.55 s at 32x32; ResNet-18 takes ~1.3 s). Patches of 4 pixels, the usual choice for
+        # CIFAR-size images: 7x7 = 49 tokens at 28x28, 8x8 = 64 at 32x32, plus the class token.
+        # 2.7M parameters.
+        "vit_small": ViTArch(patch_size=4, num_layers=6, num_heads=3, hidden_dim=192, mlp_dim=768),
+    }
+)
+
+EXTENDED_ARCH_NAMES: tuple[str, ...] = tuple(EXTENDED_ARCHS)
+
+#: Families whose models need a 2-D image grid.
+IMAGE_FAMILIES: tuple[Family, ...] = ("cnn", "resnet", "vit")
+
 
 class IncompatiblePairError(ValueError):
     """An (architecture, dataset) pair the study does not define, e.g. a CNN on text."""
@@ -126,13 +211,21 @@ def arch_spec(arch: str) -> ArchSpec:
     Raises:
         ValueError: unknown name; the message lists the valid ones.
     """
-    if arch not in ARCHS:
-        raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCH_NAMES)}")
-    return ARCHS[arch]
+    if arch in ARCHS:
+        return ARCHS[arch]
+    if arch in EXTENDED_ARCHS:
+        return EXTENDED_ARCHS[arch]
+    names = ", ".join((*ARCH_NAMES, *EXTENDED_ARCH_NAMES))
+    raise ValueError(f"unknown architecture {arch!r}; choose one of {names}")
+
+
+def is_known_arch(arch: object) -> bool:
+    """Whether `arch` names a study or an extended architecture."""
+    return arch in ARCHS or arch in EXTENDED_ARCHS
 
 
 def arch_family(arch: str) -> Family:
-    """Return the family ("mlp", "cnn" or "transformer") of `arch`."""
+    """Return the family ("mlp", "cnn", "transformer", "resnet" or "vit") of `arch`."""
     return arch_spec(arch).family
 
 
@@ -141,12 +234,13 @@ def check_compatible(arch: str, spec: DatasetSpec) -> None:
 
     Raises:
         ValueError: unknown architecture.
-        IncompatiblePairError: a CNN on a non-image dataset (its convs need a 2-D grid).
+        IncompatiblePairError: a CNN, ResNet or ViT on a non-image dataset (their convs need a 2-D grid).
     """
     family = arch_family(arch)
-    if family == "cnn" and spec.modality != "image":
+    if family in IMAGE_FAMILIES and spec.modality != "image":
+        kind = {"cnn": "CNNs", "resnet": "ResNets", "vit": "ViTs"}.get(family, f"{family} models")
         raise IncompatiblePairError(
-            f"{arch} needs image input; {spec.name} is {spec.modality}: CNNs are for images only. "
+            f"{arch} needs image input; {spec.name} is {spec.modality}: {kind} are for images only. "
             f"Choose an mlp_* or transformer_* architecture for {spec.name}."
         )
 
@@ -157,9 +251,10 @@ class ModelInfo:
 
     Attributes:
         arch: architecture name, e.g. "cnn_deep".
-        family: "mlp", "cnn" or "transformer".
-        depth: mlp: hidden layers; cnn: conv layers + 1; transformer: encoder layers.
-        width: mlp: mean hidden width; cnn: mean channels; transformer: d_model.
+        family: "mlp", "cnn", "transformer", "resnet" or "vit".
+        depth: mlp: hidden layers; cnn: conv layers + 1; transformer, vit: encoder layers; resnet:
+            main-path convs + 1 (18 for ResNet-18).
+        width: mlp: mean hidden width; cnn, resnet: mean conv channels; transformer, vit: d_model.
         params: trainable parameter count at build time.
     """
 

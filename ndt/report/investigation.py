@@ -63,6 +63,10 @@ log = logging.getLogger("ndt.investigate")
 FALLBACK_PROBE = 160
 #: Recomputed and recorded metrics agreeing to this relative difference confirm the replay.
 REPLAY_TOLERANCE = 1e-4
+#: Families whose report shows Grad-CAM and conv feature maps (conv layers with spatial maps).
+CONV_FAMILIES = ("cnn", "resnet")
+#: Families whose report shows per-head attention maps (``nn.MultiheadAttention`` layers).
+ATTENTION_FAMILIES = ("transformer", "vit")
 
 
 def detector_threshold(name: str | None) -> float | None:
@@ -409,8 +413,10 @@ def visual_blocks(
     """The visualizer figures that suit the model family and input.
 
     - image inputs (any family): saliency |d logit_label / d input|, max over channels;
-    - CNNs: Grad-CAM of the last conv layer; feature maps of the most-changed conv layer;
-    - Transformers: per-head attention weights of every attention layer, for one example.
+    - CNNs and ResNets (`CONV_FAMILIES`): Grad-CAM of the last conv layer; feature maps of the
+      most-changed conv layer;
+    - Transformers and ViTs (`ATTENTION_FAMILIES`): per-head attention weights of every attention
+      layer, for one example.
 
     Attributions target the true label at both moments, so the two maps answer the same question.
     """
@@ -428,7 +434,7 @@ def visual_blocks(
         "Columns: probe examples whose prediction changed between the two steps first, then others; "
         "titles give the label and the prediction before→after."
     )
-    if is_image and family == "cnn":
+    if is_image and family in CONV_FAMILIES:
         cam_b, cam_a = vis_b.grad_cam(x, y), vis_a.grad_cam(x, y)
         last_conv = [n for n, m in replay.after.named_modules() if isinstance(m, nn.Conv2d)][-1]
         blocks.append(
@@ -452,7 +458,7 @@ def visual_blocks(
                 f"colour scale, so a brighter map is a more sensitive model. {caption_pick}",
             )
         )
-    if is_image and family == "cnn":
+    if is_image and family in CONV_FAMILIES:
         modules = dict(replay.after.named_modules())
         convs = [n for n in table["layer"] if isinstance(modules[n], nn.Conv2d)]
         if convs:
@@ -468,7 +474,7 @@ def visual_blocks(
                     f"(label {int(labels[0])}); top block step {a}, bottom block step {b}.",
                 )
             )
-    if family == "transformer":
+    if family in ATTENTION_FAMILIES:
         att_b = vis_b.attention_maps(x[:1])
         att_a = vis_a.attention_maps(x[:1])
         blocks.append(
