@@ -3,6 +3,10 @@
 Each architecture name (a `conf/arch/` option name and the `arch` column of result rows) maps to a
 small frozen dataclass. Depth and width are properties derived from the widths stored here, so they
 are never written down twice. `describe()` reads them back from a built model.
+
+`ARCHS` holds the study's 15; `EXTENDED_ARCHS` the architectures beyond the study (issue 13's
+``+sweep=extended``), e.g. ``gpt2_mini`` (family "lm": a causal language model for next-token
+datasets). `arch_spec` knows both.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from torch import nn
 
 from ndt.data.spec import DatasetSpec
 
-Family = Literal["mlp", "cnn", "transformer"]
+Family = Literal["mlp", "cnn", "transformer", "lm"]
 
 
 @dataclass(frozen=True)
@@ -90,7 +94,36 @@ class TransformerArch:
         return float(self.d_model)
 
 
-ArchSpec = MLPArch | CNNArch | TransformerArch
+@dataclass(frozen=True)
+class GPT2Arch:
+    """A GPT-2-style causal language model (Hugging Face ``GPT2LMHeadModel``, random init).
+
+    The vocabulary and the context length (``n_positions``) come from the dataset's spec; the
+    feed-forward width is 4 * n_embd and the output layer is tied to the token embedding, as in GPT-2.
+
+    Attributes:
+        n_layer: transformer blocks.
+        n_embd: token width d.
+        n_head: attention heads per block.
+    """
+
+    n_layer: int
+    n_embd: int
+    n_head: int
+    family: ClassVar[Family] = "lm"
+
+    @property
+    def depth(self) -> int:
+        """Number of transformer blocks."""
+        return self.n_layer
+
+    @property
+    def width(self) -> float:
+        """Token width d."""
+        return float(self.n_embd)
+
+
+ArchSpec = MLPArch | CNNArch | TransformerArch | GPT2Arch
 
 #: The study's 15 architectures, in the order of its tables.
 ARCHS: Mapping[str, ArchSpec] = MappingProxyType(
@@ -115,6 +148,16 @@ ARCHS: Mapping[str, ArchSpec] = MappingProxyType(
 
 ARCH_NAMES: tuple[str, ...] = tuple(ARCHS)
 
+#: Architectures beyond the study (issue 13), trained by ``+sweep=extended``; not in the study's tables.
+EXTENDED_ARCHS: Mapping[str, ArchSpec] = MappingProxyType(
+    {
+        # 4 blocks of width 256 (4 heads of 64), 4.46M parameters with AG News' 5,002-token vocabulary
+        # and 64 positions: the smallest GPT-2 shape with a few layers to compare and heads of GPT-2's
+        # own width (64), cheap enough for a 2,000-step run on a 2-core CPU (see ndt.models.gpt).
+        "gpt2_mini": GPT2Arch(n_layer=4, n_embd=256, n_head=4),
+    }
+)
+
 
 class IncompatiblePairError(ValueError):
     """An (architecture, dataset) pair the study does not define, e.g. a CNN on text."""
@@ -126,13 +169,20 @@ def arch_spec(arch: str) -> ArchSpec:
     Raises:
         ValueError: unknown name; the message lists the valid ones.
     """
-    if arch not in ARCHS:
-        raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCH_NAMES)}")
-    return ARCHS[arch]
+    if arch in ARCHS:
+        return ARCHS[arch]
+    if arch in EXTENDED_ARCHS:
+        return EXTENDED_ARCHS[arch]
+    raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(known_arch_names())}")
+
+
+def known_arch_names() -> tuple[str, ...]:
+    """Every architecture `arch_spec` accepts: the study's 15, then the extended ones."""
+    return (*ARCH_NAMES, *EXTENDED_ARCHS)
 
 
 def arch_family(arch: str) -> Family:
-    """Return the family ("mlp", "cnn" or "transformer") of `arch`."""
+    """Return the family ("mlp", "cnn", "transformer" or "lm") of `arch`."""
     return arch_spec(arch).family
 
 
@@ -141,9 +191,15 @@ def check_compatible(arch: str, spec: DatasetSpec) -> None:
 
     Raises:
         ValueError: unknown architecture.
-        IncompatiblePairError: a CNN on a non-image dataset (its convs need a 2-D grid).
+        IncompatiblePairError: a CNN on a non-image dataset (its convs need a 2-D grid); a language
+            model on a classification dataset, or a classifier on a next-token dataset.
     """
     family = arch_family(arch)
+    if (family == "lm") != (spec.task == "next_token"):
+        needs = "a next-token dataset (e.g. ag_news_lm)" if family == "lm" else "a classification dataset"
+        raise IncompatiblePairError(
+            f"{arch} ({family}) needs {needs}; {spec.name} is a {spec.task.replace('_', '-')} dataset."
+        )
     if family == "cnn" and spec.modality != "image":
         raise IncompatiblePairError(
             f"{arch} needs image input; {spec.name} is {spec.modality}: CNNs are for images only. "
@@ -157,9 +213,9 @@ class ModelInfo:
 
     Attributes:
         arch: architecture name, e.g. "cnn_deep".
-        family: "mlp", "cnn" or "transformer".
-        depth: mlp: hidden layers; cnn: conv layers + 1; transformer: encoder layers.
-        width: mlp: mean hidden width; cnn: mean channels; transformer: d_model.
+        family: "mlp", "cnn", "transformer" or "lm".
+        depth: mlp: hidden layers; cnn: conv layers + 1; transformer: encoder layers; lm: blocks.
+        width: mlp: mean hidden width; cnn: mean channels; transformer and lm: d_model.
         params: trainable parameter count at build time.
     """
 

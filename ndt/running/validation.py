@@ -25,7 +25,13 @@ from ndt.storage.schema import METRIC_COLUMNS
 
 #: Test-split sizes of the standard datasets (the probe is cut from the test subset, so it cannot be
 #: larger); a dataset read from files of another size is checked again when it loads.
-STANDARD_TEST_SIZES = {"mnist": 10_000, "fashion_mnist": 10_000, "qmnist": 60_000, "ag_news": 7_600}
+STANDARD_TEST_SIZES = {
+    "mnist": 10_000,
+    "fashion_mnist": 10_000,
+    "qmnist": 60_000,
+    "ag_news": 7_600,
+    "ag_news_lm": 7_600,  # the ag_news test file, one text per sequence
+}
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 PROGRESS_MODES = ("auto", "bar", "log")
@@ -76,7 +82,7 @@ def check_config(cfg: DictConfig) -> list[str]:
 
     from ndt.data.images import DIGITS_TEST_SIZE
     from ndt.data.spec import DATASET_NAMES
-    from ndt.models.registry import ARCH_NAMES
+    from ndt.models.registry import known_arch_names
 
     need("seed", lambda v: _is_int(v) and v >= 0, "must be an integer >= 0 (the run's seed)")
     need(
@@ -84,7 +90,8 @@ def check_config(cfg: DictConfig) -> list[str]:
         lambda v: isinstance(v, str) and v.strip() != "" and "/" not in v and v not in (".", ".."),
         "must be a non-empty name without '/' (it names a directory under paths.results_dir)",
     )
-    need("arch.name", lambda v: v in ARCH_NAMES, f"must be one of {', '.join(ARCH_NAMES)}")
+    archs = known_arch_names()
+    need("arch.name", lambda v: v in archs, f"must be one of {', '.join(archs)}")
     dataset = need("dataset.name", lambda v: v in DATASET_NAMES, f"must be one of {', '.join(DATASET_NAMES)}")
     need(
         "dataset.encoding",
