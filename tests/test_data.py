@@ -267,6 +267,40 @@ def test_ag_news_raw_ids_are_float_ids(tmp_path: Path) -> None:
     assert torch.equal(raw.train_x, emb.train_x.float()) and torch.equal(raw.test_y, emb.test_y)
 
 
+def lm_pair(ids: list[int]) -> tuple[list[int], list[int]]:
+    """Inputs and targets of one text, computed here: its first 65 ids, PAD-ed; targets shifted by one,
+    -100 where the next position is padding."""
+    window = (ids + [0] * 65)[:65]
+    return window[:64], [t if t != 0 else -100 for t in window[1:]]
+
+
+def test_ag_news_lm_inputs_and_next_token_targets(tmp_path: Path) -> None:
+    write_ag_news(tmp_path)
+    data = load_dataset(
+        "ag_news_lm", data_dir=tmp_path, seed=0, train_subset=None, test_subset=None, download=False
+    )
+    assert data.spec.task == "next_token" and data.spec.num_classes == data.spec.vocab_size == 5002
+    assert data.train_x.shape == data.train_y.shape == (4, 64) and data.test_x.shape == (2, 64)
+    assert data.train_x.dtype == data.train_y.dtype == torch.int64
+    # The texts' first tokens are distinct: they identify the rows after the shuffle. Same ids as ag_news.
+    train = {int(x[0]): (x.tolist(), y.tolist()) for x, y in zip(data.train_x, data.train_y, strict=True)}
+    assert train == {
+        14: lm_pair([14, 11, 2, 2, 2, 3]),  # wall st bears bears bears bulls
+        13: lm_pair([13, 10, 3, 15, 5]),  # us news bulls win again
+        7: lm_pair([7, 4]),  # caf 2024: one target
+        9: lm_pair([9, 6, 12, 8]),  # line break tab here
+    }
+    assert train[7][1] == [4] + [-100] * 63  # by hand: only "caf" -> "2024" is predicted
+    test = {int(x[0]): (x.tolist(), y.tolist()) for x, y in zip(data.test_x, data.test_y, strict=True)}
+    # bears again bulls zzz x 120: cut at 65 tokens, so every one of the 64 targets counts (no padding)
+    assert test[2] == ([2, 5, 3] + [1] * 61, [5, 3] + [1] * 62)
+    assert test[15] == lm_pair([15, 1, 1, 1, 1])  # win quoted comma unknown words
+    # the same texts and subsets as ag_news: the inputs are ag_news's ids, cut to 64
+    cls = load_dataset("ag_news", data_dir=tmp_path, seed=3, train_subset=3, test_subset=2, download=False)
+    lm = load_dataset("ag_news_lm", data_dir=tmp_path, seed=3, train_subset=3, test_subset=2, download=False)
+    assert torch.equal(lm.train_x, cls.train_x[:, :64]) and torch.equal(lm.test_x, cls.test_x[:, :64])
+
+
 def test_tokenize_and_vocabulary_tie_break() -> None:
     assert tokenize(pd.Series(["It's U.S.-made, 100%!"])).tolist() == [["its", "usmade", "100"]]
     rows = [["b", "a", "c", "b"], ["c", "a", "d"]]  # a, b, c twice; d once
@@ -321,6 +355,7 @@ def test_defaults_and_bad_arguments(tmp_path: Path) -> None:
         "fashion_mnist": 250,
         "qmnist": 300,
         "ag_news": 300,
+        "ag_news_lm": 300,
         "digits": 250,
         "cifar10": 250,
     }

@@ -20,7 +20,13 @@ accuracy (eval mode, no grad):
 
 Layer outputs are read on their feature axis: the last axis of (B, F) and (B, S, F) outputs, the
 channel axis of (B, C, *spatial) conv outputs (each position then counts as a sample). Tuple outputs
-(e.g. ``nn.MultiheadAttention``'s) are patched and ablated in their first element.
+(e.g. ``nn.MultiheadAttention``'s) are patched and ablated in their first element. When the model
+declares its padding (``model.padding_mask(x)``, as ndt's Transformer and GPT2LM do), padding tokens of
+(B, S, F) outputs are left out of the directions and of the probe means (they are still patched).
+
+Loss and accuracy are `ndt.models.objective`'s, the training loss: for a classifier over the probe's
+examples, for a language model over its non-padding next-token positions (``class_accuracy`` is then
+per target token id).
 """
 
 from __future__ import annotations
@@ -34,6 +40,9 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
+
+from ndt.data.spec import IGNORE_INDEX
+from ndt.models.objective import task_loss, token_view
 
 #: A layer's ablation counts as significant above this z (random directions give |z| ~ 1).
 Z_SIGNIFICANT = 3.0
@@ -49,9 +58,10 @@ class Behaviour:
     """What a model does on the probe.
 
     Attributes:
-        loss: mean cross-entropy (nats).
-        accuracy: top-1 accuracy in [0, 1].
-        class_accuracy: (classes,) accuracy per true class (NaN for a class absent from the probe).
+        loss: mean cross-entropy (nats), over examples or next-token positions (`task_loss`).
+        accuracy: top-1 accuracy in [0, 1] (of examples, or of non-padding positions).
+        class_accuracy: (classes,) accuracy per true class (NaN for a class absent from the probe); for
+            a language model per target token id.
     """
 
     loss: float
@@ -128,34 +138,60 @@ def behaviour(model: nn.Module, x: torch.Tensor, y: torch.Tensor, n_classes: int
     """Loss, accuracy and per-class accuracy of `model` on (x, y), in eval mode (flag restored).
 
     Args:
-        model: a classifier returning (B, classes) logits.
+        model: a classifier returning (B, classes) logits, or a language model returning (B, S, V).
         x: (B, ...) inputs.
-        y: (B,) integer classes.
+        y: (B,) integer classes, or (B, S) next-token targets (`IGNORE_INDEX` at padding).
         n_classes: length of ``class_accuracy`` (default: the logits' width).
     """
     was_training = model.training
     try:
         model.eval()
-        logits = model(x).double()
+        logits = model(x)
     finally:
         model.train(was_training)
-    loss = float(nn.functional.cross_entropy(logits, y.to(logits.device)))
-    pred = logits.argmax(dim=1).cpu().numpy()
-    labels = y.cpu().numpy()
-    k = n_classes or logits.shape[1]
-    per_class = np.array(
-        [(pred[labels == c] == c).mean() if (labels == c).any() else np.nan for c in range(k)]
-    )
-    return Behaviour(loss=loss, accuracy=float((pred == labels).mean()), class_accuracy=per_class)
+    # Classifier logits in float64 (a few values); a language model's (B, S, V) stay float32: in
+    # float64 160 x 64 x 5,002 logits alone would take 410 MB per call.
+    if logits.ndim == 2:
+        logits = logits.double()
+    y = y.to(logits.device)
+    loss = float(task_loss(logits, y))
+    flat, targets = token_view(logits, y)
+    valid = targets != IGNORE_INDEX
+    pred = flat.argmax(dim=-1)[valid].cpu().numpy()
+    labels = targets[valid].cpu().numpy()
+    k = n_classes or flat.shape[1]
+    totals = np.bincount(labels, minlength=k).astype(np.float64)
+    hits = np.bincount(labels[pred == labels], minlength=k).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        per_class = np.where(totals > 0, hits / totals, np.nan)
+    acc = float((pred == labels).mean()) if labels.size else float("nan")
+    return Behaviour(loss=loss, accuracy=acc, class_accuracy=per_class)
 
 
-def feature_matrix(output: torch.Tensor) -> torch.Tensor:
-    """(n, F) float64 rows of a layer output on its feature axis (see the module docstring)."""
+def feature_matrix(output: torch.Tensor, padding: torch.Tensor | None = None) -> torch.Tensor:
+    """(n, F) float64 rows of a layer output on its feature axis (see the module docstring).
+
+    Args:
+        output: (B, F), (B, S, F) or (B, C, *spatial).
+        padding: (B, S) bool, True at padding: those tokens of a (B, S, F) output are left out.
+    """
     if output.ndim == 2:
         return output.double()
     if output.ndim == 3:
-        return output.reshape(-1, output.shape[-1]).double()  # (B, S, F): every token a row
+        rows = output.reshape(-1, output.shape[-1]).double()  # (B, S, F): every token a row
+        if padding is not None and tuple(padding.shape) == tuple(output.shape[:2]):
+            rows = rows[~padding.reshape(-1).to(rows.device)]
+        return rows
     return output.movedim(1, -1).reshape(-1, output.shape[1]).double()  # (B, C, *spatial): every position
+
+
+def declared_padding(model: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
+    """The model's own (B, S) padding mask of `x` (True at padding), or None if it declares none."""
+    fn = getattr(model, "padding_mask", None)
+    if not callable(fn) or isinstance(fn, nn.Module):
+        return None
+    mask = fn(x)
+    return None if mask is None else mask.to(torch.bool)
 
 
 def _feature_axis(output: torch.Tensor) -> int:
@@ -226,7 +262,8 @@ def _ablated_behaviour(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, layer: str, output: torch.Tensor, dirs: np.ndarray
 ) -> Behaviour:
     d = torch.as_tensor(dirs, dtype=torch.float64, device=output.device)
-    means = feature_matrix(output).mean(dim=0) @ d.T  # (k,) probe mean of each component
+    rows = feature_matrix(output, declared_padding(model, x))
+    means = rows.mean(dim=0) @ d.T  # (k,) probe mean of each component (over non-padding tokens)
     with replaced_output(model, layer, lambda out: mean_ablate(out, d, means).to(out.dtype)):
         return behaviour(model, x, y)
 
@@ -403,9 +440,11 @@ def causal_table(
     """
     table = patch_outputs(before, after, x, y, layers)
     out_b, out_a = layer_outputs(before, x, layers), layer_outputs(after, x, layers)
+    padding = declared_padding(after, x)
     extra = []
     for name in layers:
-        fb, fa = feature_matrix(out_b[name]).cpu().numpy(), feature_matrix(out_a[name]).cpu().numpy()
+        fb = feature_matrix(out_b[name], padding).cpu().numpy()
+        fa = feature_matrix(out_a[name], padding).cpu().numpy()
         k_layer = min(k, fa.shape[1]) if k is not None else default_k(fb, fa)
         dirs = added_directions(fb, fa, k_layer)
         abl = ablate_directions(after, x, y, name, dirs, n_random=n_random, seed=seed)

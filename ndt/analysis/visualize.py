@@ -8,7 +8,8 @@ Methods (all return float64 numpy arrays on the host):
 
 the three attributions are Captum's (`captum.attr`: the maintained implementations); ours only chooses
 targets, eval mode and shapes. Attention maps per head are our own (Captum has none).
-- ``attention_maps``: per-head attention weights of every ``nn.MultiheadAttention``;
+- ``attention_maps``: per-head attention weights of every ``nn.MultiheadAttention`` and of every
+  Hugging Face attention module (GPT-2's ``transformer.h.{i}.attn``);
 - ``feature_maps``: the (B, C, H, W) output of one layer.
 
 "Score" is the logit of the target class; targets default to the predicted class. Every method runs
@@ -43,6 +44,16 @@ Target = int | Sequence[int] | torch.Tensor | None
 
 def _numpy(t: torch.Tensor) -> np.ndarray:
     return t.detach().to(torch.float64).cpu().numpy()
+
+
+def _hf_attention(module: nn.Module) -> bool:
+    """A Hugging Face attention module (class ``*Attention`` from ``transformers``, with a config)."""
+    cls = type(module)
+    return (
+        cls.__module__.startswith("transformers.")
+        and cls.__name__.endswith("Attention")
+        and hasattr(getattr(module, "config", None), "_attn_implementation")
+    )
 
 
 class FeatureVisualizer:
@@ -238,24 +249,33 @@ class FeatureVisualizer:
     # -- inside the network -----------------------------------------------------------------------
 
     def attention_maps(self, x: torch.Tensor) -> dict[str, np.ndarray]:
-        """Per-head attention weights of every ``nn.MultiheadAttention`` for one forward pass.
+        """Per-head attention weights of every attention module for one forward pass.
 
-        Encoder layers call their attention with ``need_weights=False``; a temporary forward hook
-        re-runs each attention module's ``forward`` on the very same inputs with
+        ``nn.MultiheadAttention``: encoder layers call their attention with ``need_weights=False``; a
+        temporary forward hook re-runs each attention module's ``forward`` on the very same inputs with
         ``need_weights=True, average_attn_weights=False`` (calling ``forward`` directly fires no
         hooks) and keeps only the weights, so the model's own computation is untouched. A hook
         on a submodule also turns off the fused encoder-layer fast path, so the hooks do fire.
+
+        Hugging Face attention modules (``*Attention`` classes of ``transformers`` returning
+        ``(output, weights)``, e.g. GPT-2's): the forward runs with the model's config switched to
+        ``attn_implementation="eager"`` (the fused SDPA kernels return no weights; eager computes the
+        same attention with the softmax kept), and a hook keeps each module's second output. The config
+        is restored afterwards.
 
         Args:
             x: a batch of inputs (B, ...).
 
         Returns:
-            {module name (e.g. "encoder.layers.0.self_attn"): (B, heads, L, S) float64 weights},
-            each row (over S keys) summing to 1, in model order.
+            {module name (e.g. "encoder.layers.0.self_attn", "transformer.h.0.attn"): (B, heads, L, S)
+            float64 weights}, each row (over S keys) summing to 1, in model order.
         """
-        attns = {n: m for n, m in self.model.named_modules() if isinstance(m, nn.MultiheadAttention)}
-        if not attns:
-            raise ValueError(f"{type(self.model).__name__} has no nn.MultiheadAttention")
+        mha = {n: m for n, m in self.model.named_modules() if isinstance(m, nn.MultiheadAttention)}
+        hf = {n: m for n, m in self.model.named_modules() if _hf_attention(m)}
+        if not mha and not hf:
+            raise ValueError(
+                f"{type(self.model).__name__} has no attention module (nn.MultiheadAttention or a Hugging Face one)"
+            )
         store: dict[str, torch.Tensor] = {}
 
         def rerun(name: str) -> Any:
@@ -269,14 +289,33 @@ class FeatureVisualizer:
 
             return hook
 
-        handles = [m.register_forward_hook(rerun(n), with_kwargs=True) for n, m in attns.items()]
+        def keep(name: str) -> Any:
+            def hook(_module: nn.Module, _args: Any, output: Any) -> None:
+                if (
+                    isinstance(output, tuple | list)
+                    and len(output) > 1
+                    and isinstance(output[1], torch.Tensor)
+                ):
+                    store[name] = output[1].detach()
+
+            return hook
+
+        handles = [m.register_forward_hook(rerun(n), with_kwargs=True) for n, m in mha.items()]
+        handles += [m.register_forward_hook(keep(n)) for n, m in hf.items()]
+        configs = {id(c): c for m in hf.values() if (c := getattr(m, "config", None)) is not None}
+        saved = {k: c._attn_implementation for k, c in configs.items()}
         try:
+            for c in configs.values():
+                c._attn_implementation = "eager"
             with self._eval_mode(), torch.no_grad():
                 self.model(self._batch(x))
         finally:
+            for k, c in configs.items():
+                c._attn_implementation = saved[k]
             for h in handles:
                 h.remove()
-        return {n: _numpy(store[n]) for n in attns if n in store}
+        order = [n for n, _ in self.model.named_modules() if n in mha or n in hf]
+        return {n: _numpy(store[n]) for n in order if n in store}
 
     def feature_maps(self, x: torch.Tensor, layer: str) -> np.ndarray:
         """The output of one layer with spatial maps (e.g. a conv).

@@ -14,12 +14,16 @@ from torch import Tensor
 from ndt.data.common import STREAM_SUBSET, RawSplit, seeded_generator
 from ndt.data.images import load_cifar10_splits, load_digits_splits, load_torchvision_splits
 from ndt.data.spec import DATASET_NAMES, DatasetSpec, Encoding, dataset_spec
-from ndt.data.text import load_ag_news_splits
+from ndt.data.text import load_ag_news_lm_splits, load_ag_news_splits
 
 log = logging.getLogger(__name__)
 
-#: The study's test-subset size per dataset (250, but 300 for qmnist and ag_news).
-DEFAULT_TEST_SUBSET: dict[str, int] = {name: 250 for name in DATASET_NAMES} | {"qmnist": 300, "ag_news": 300}
+#: The study's test-subset size per dataset (250, but 300 for qmnist and ag_news; ag_news_lm as ag_news).
+DEFAULT_TEST_SUBSET: dict[str, int] = {name: 250 for name in DATASET_NAMES} | {
+    "qmnist": 300,
+    "ag_news": 300,
+    "ag_news_lm": 300,
+}
 #: The study's training-subset size (all datasets; digits has only 1,437 and uses them all).
 DEFAULT_TRAIN_SUBSET = 1500
 #: Default number of probe examples (see `SplitData.probe`).
@@ -37,9 +41,10 @@ class SplitData:
         train_x: (N_train, *spec.input_shape): float32 normalised images (N, 1, 28, 28) (CIFAR-10:
             (N, 3, 32, 32)); for AG
             News int64 token ids (N, 100) with encoding "embedding", the same ids as float32 with "raw_ids".
-        train_y: int64 (N_train,) labels in 0..num_classes-1.
+        train_y: int64 (N_train,) labels in 0..num_classes-1; for a "next_token" dataset (ag_news_lm)
+            int64 (N_train, S) next-token targets, `IGNORE_INDEX` at padding (`spec.task`).
         test_x: (N_test, *spec.input_shape), as `train_x`.
-        test_y: int64 (N_test,).
+        test_y: int64 (N_test,) (or (N_test, S)), as `train_y`.
     """
 
     spec: DatasetSpec
@@ -119,6 +124,8 @@ def _raw_splits(name: str, data_dir: Path, download: bool) -> tuple[RawSplit, Ra
         return load_torchvision_splits(name, data_dir, download)
     if name == "ag_news":
         return load_ag_news_splits(data_dir)
+    if name == "ag_news_lm":
+        return load_ag_news_lm_splits(data_dir)
     if name == "digits":
         return load_digits_splits()
     if name == "cifar10":
@@ -139,10 +146,11 @@ def load_dataset(
     """Load a dataset's seeded training and test subsets as CPU tensors.
 
     Args:
-        name: one of `DATASET_NAMES` (`mnist`, `fashion_mnist`, `qmnist`, `ag_news`, `digits`, `cifar10`).
+        name: one of `DATASET_NAMES` (`mnist`, `fashion_mnist`, `qmnist`, `ag_news`, `ag_news_lm`, `digits`,
+            `cifar10`).
         data_dir: data directory (config key `paths.data_dir`); torchvision's root for the image
             datasets (CIFAR-10: `<data_dir>/cifar-10-batches-py/`), `<data_dir>/ag_news/{train,test}.csv`
-            for AG News; unused by digits.
+            for AG News (both ag_news and ag_news_lm); unused by digits.
         seed: run seed (>= 0) for the subset draws.
         train_subset: training examples kept (None: all). Clipped to the split, with a warning
             (info for digits, whose 1,437 training images are fewer than the default 1,500).
@@ -152,7 +160,7 @@ def load_dataset(
 
     Returns:
         The subsets; images float32 (N, 1, 28, 28) (CIFAR-10: (N, 3, 32, 32)), AG News (N, 100) ids;
-        labels int64 (N,).
+        labels int64 (N,); ag_news_lm (N, 64) input ids and (N, 64) targets.
 
     Raises:
         ValueError: unknown dataset, invalid encoding, or a subset size below 1.

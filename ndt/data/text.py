@@ -2,6 +2,10 @@
 
 Files: `<data_dir>/ag_news/train.csv` (120,000 rows) and `test.csv` (7,600 rows), no header, columns
 class (1-4), title, description, as in the `ag_news_csv` release of Zhang, Zhao & LeCun (2015).
+
+Two datasets read them: ``ag_news`` (classify each text into its 4 classes, 100 ids per text) and
+``ag_news_lm`` (next-token prediction, `load_ag_news_lm_splits`): the same tokeniser and vocabulary,
+one text per sequence, its first 65 ids cut into 64 inputs and the same 64 shifted by one as targets.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import torch
 from torch import Tensor
 
 from ndt.data.common import RawSplit, not_found_error
-from ndt.data.spec import AG_NEWS_SEQ_LEN, AG_NEWS_VOCAB_SIZE
+from ndt.data.spec import AG_NEWS_LM_SEQ_LEN, AG_NEWS_SEQ_LEN, AG_NEWS_VOCAB_SIZE, IGNORE_INDEX
 
 log = logging.getLogger(__name__)
 
@@ -113,17 +117,28 @@ def encode(tokens: pd.Series, vocab: dict[str, int], seq_len: int = AG_NEWS_SEQ_
     return torch.from_numpy(out)
 
 
-def load_ag_news_splits(data_dir: Path) -> tuple[RawSplit, RawSplit]:
-    """Train and test splits of AG News.
+def next_token_pairs(ids: Tensor) -> tuple[Tensor, Tensor]:
+    """Inputs and next-token targets of PAD-ed id sequences (one text per row, PAD only at the end).
 
-    The vocabulary is built on the FULL training file (all 120,000 texts), not on the training
-    subset, so that every subset size and seed encodes a word with the same id.
+    Position t reads ids[t] and is trained to predict ids[t + 1]. A target that is PAD (past the end
+    of the text) is `IGNORE_INDEX`, so that padding is never predicted nor counted: a text of L tokens
+    gives L - 1 targets (its last token has no next one: the vocabulary has no end-of-text id).
+    UNK targets are kept (predicting "a rare word" is part of the task).
 
     Args:
-        data_dir: the data directory; files under `<data_dir>/ag_news/`.
+        ids: int64 (N, S + 1) ids, as from `encode` with ``seq_len = S + 1``.
 
     Returns:
-        (train, test) splits whose `take` gives int64 (K, 100) ids and int64 (K,) labels in 0..3.
+        x int64 (N, S) = ids[:, :S]; y int64 (N, S) = ids[:, 1:], IGNORE_INDEX where that is PAD.
+    """
+    x = ids[:, :-1].contiguous()
+    y = ids[:, 1:].clone()
+    y[y == PAD] = IGNORE_INDEX
+    return x, y
+
+
+def _read_ag_news(data_dir: Path) -> tuple[list[tuple[pd.DataFrame, pd.Series]], dict[str, int]]:
+    """[(train rows, their tokens), (test rows, their tokens)] and the vocabulary of the full training file.
 
     Raises:
         DatasetNotFoundError: a CSV file is missing (there is no download for AG News).
@@ -141,8 +156,27 @@ def load_ag_news_splits(data_dir: Path) -> tuple[RawSplit, RawSplit]:
     train_tokens, test_tokens = tokenize(train["text"]), tokenize(test["text"])
     vocab = build_vocabulary(train_tokens)
     log.info("ag_news: vocabulary of %d tokens (+ PAD, UNK) from %d training texts", len(vocab), len(train))
+    return [(train, train_tokens), (test, test_tokens)], vocab
+
+
+def load_ag_news_splits(data_dir: Path) -> tuple[RawSplit, RawSplit]:
+    """Train and test splits of AG News.
+
+    The vocabulary is built on the FULL training file (all 120,000 texts), not on the training
+    subset, so that every subset size and seed encodes a word with the same id.
+
+    Args:
+        data_dir: the data directory; files under `<data_dir>/ag_news/`.
+
+    Returns:
+        (train, test) splits whose `take` gives int64 (K, 100) ids and int64 (K,) labels in 0..3.
+
+    Raises:
+        DatasetNotFoundError: a CSV file is missing (there is no download for AG News).
+    """
+    read, vocab = _read_ag_news(data_dir)
     splits = []
-    for df, tokens in ((train, train_tokens), (test, test_tokens)):
+    for df, tokens in read:
         labels = torch.tensor(
             df["label"].to_numpy(dtype=np.int64)
         )  # a copy: pandas hands out read-only arrays
@@ -150,6 +184,36 @@ def load_ag_news_splits(data_dir: Path) -> tuple[RawSplit, RawSplit]:
         # Encoding only the kept examples: the subsets are a few hundred of 120,000 texts.
         def take(idx: Tensor, tokens: pd.Series = tokens, labels: Tensor = labels) -> tuple[Tensor, Tensor]:
             return encode(tokens.iloc[idx.numpy()], vocab), labels[idx]
+
+        splits.append(RawSplit(size=len(df), take=take))
+    return splits[0], splits[1]
+
+
+def load_ag_news_lm_splits(data_dir: Path, seq_len: int = AG_NEWS_LM_SEQ_LEN) -> tuple[RawSplit, RawSplit]:
+    """Train and test splits of ``ag_news_lm``: next-token prediction on AG News texts.
+
+    One text per sequence (not packed): an example is a text, so the seeded subsets, the probe and
+    the per-text token mean of a measurement mean what they mean for ``ag_news``, and the padding at
+    the end of short texts is what the padding mask keeps out of the measurements. The vocabulary has
+    no end-of-text id, so packing texts would let the model predict across unrelated articles.
+
+    Args:
+        data_dir: the data directory; files under `<data_dir>/ag_news/` (the ``ag_news`` files).
+        seq_len: input positions S; a text's first S + 1 tokens are used.
+
+    Returns:
+        (train, test) splits whose `take` gives int64 (K, S) input ids and int64 (K, S) targets
+        (`next_token_pairs`).
+
+    Raises:
+        DatasetNotFoundError: a CSV file is missing.
+    """
+    read, vocab = _read_ag_news(data_dir)
+    splits = []
+    for df, tokens in read:
+
+        def take(idx: Tensor, tokens: pd.Series = tokens) -> tuple[Tensor, Tensor]:
+            return next_token_pairs(encode(tokens.iloc[idx.numpy()], vocab, seq_len + 1))
 
         splits.append(RawSplit(size=len(df), take=take))
     return splits[0], splits[1]

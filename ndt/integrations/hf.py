@@ -13,9 +13,11 @@ Example::
 Contract (the Lightning callback's):
 
 - Built in ``on_train_begin`` on the Trainer's (unwrapped) model. Default layers: ndt's default
-  (Linear, Conv, MultiheadAttention) plus ``transformers``' ``Conv1D`` (GPT-2's linear layers). Modules
-  returning tuples (attention: ``(attn_output, attn_weights)``) or ``ModelOutput``s are measured on
-  their first tensor (``ndt.measure.capture.reduce_output``); select them by name with ``layers=[...]``.
+  (Linear and ``Conv1D``, Conv, attention modules measured at their output instead of their own
+  projections: see `ndt.measure.capture`) plus every ``transformers`` ``Conv1D`` (GPT-2's linear
+  layers, its attention projections included). Modules returning tuples (attention:
+  ``(attn_output, attn_weights)``) or ``ModelOutput``s are measured on their first tensor
+  (``ndt.measure.capture.reduce_output``); select others by name with ``layers=[...]``.
 - A row's ``step`` is the 0-based optimizer step (``state.global_step - 1`` after it); ``epoch`` the
   epoch that step belongs to; ``loss`` the mean of the step's micro-batch losses, read from the
   model output's ``loss`` (HF models return it when given labels; NaN otherwise); ``grad_norm`` the

@@ -2,7 +2,21 @@
 
 By default every ``nn.Linear`` and ``nn.Conv*`` output is captured, plus the attention output of each
 ``nn.MultiheadAttention`` (its ``out_proj`` Linear is skipped: the attention module applies those
-weights functionally, so a hook on it never fires).
+weights functionally, so a hook on it never fires). Hugging Face models (recognised by their classes'
+module, ``transformers.*``, so transformers is never imported here):
+
+- ``transformers.pytorch_utils.Conv1D`` (GPT-2's linear layers: a Linear whose weight is stored
+  transposed) counts as a Linear;
+- an attention module (a class named ``*Attention``, e.g. ``GPT2Attention``, ``BertSelfAttention``)
+  with Linear/Conv1D children of its own is measured at its output, and those children (query, key,
+  value, output projections, e.g. GPT-2's ``c_attn`` = q, k, v side by side, and ``c_proj``) are not,
+  as for ``nn.MultiheadAttention``: the attention output is the representation, its projections are
+  its internals. GPT-2 thus gives ``h.{i}.attn``, ``h.{i}.mlp.c_fc``, ``h.{i}.mlp.c_proj`` per block
+  and ``lm_head`` (`ndt.models.gpt`).
+
+**Which tensor** of an output: a tensor as it is; a tuple or list its first element (attention
+modules return ``(output, weights)``); a mapping (a ``ModelOutput``) its first non-scalar tensor
+(``logits``, or ``last_hidden_state``, after a 0-d ``loss``). Outputs with no tensor are not measured.
 
 **Where** (``hook_point``):
 
@@ -85,12 +99,34 @@ _ACTIVATIONS = tuple(
 LayerSelector = Iterable[str] | Callable[[str, nn.Module], bool] | None
 
 
-def default_layer(name: str, module: nn.Module, parent_of: dict[str, nn.Module]) -> bool:
-    """The default selection: Linear, Conv and MultiheadAttention modules, except MHA's out_proj."""
-    if isinstance(module, nn.MultiheadAttention | _CONV):
+def _from_transformers(module: nn.Module) -> bool:
+    return type(module).__module__.startswith("transformers.")
+
+
+def _is_linear(module: nn.Module) -> bool:
+    """nn.Linear, or Hugging Face's Conv1D (GPT-2's Linear with a transposed weight)."""
+    return isinstance(module, nn.Linear) or (type(module).__name__ == "Conv1D" and _from_transformers(module))
+
+
+def _is_attention(module: nn.Module) -> bool:
+    """nn.MultiheadAttention, or a Hugging Face attention module holding its own projections."""
+    if isinstance(module, nn.MultiheadAttention):
         return True
-    if isinstance(module, nn.Linear):
-        return not isinstance(parent_of.get(name), nn.MultiheadAttention)
+    return (
+        _from_transformers(module)
+        and type(module).__name__.endswith("Attention")
+        and any(_is_linear(child) for child in module.children())
+    )
+
+
+def default_layer(name: str, module: nn.Module, parent_of: dict[str, nn.Module]) -> bool:
+    """The default selection: Linear (and HF Conv1D), Conv and attention modules, except the
+    projections that belong to an attention module (see the module docstring)."""
+    if isinstance(module, _CONV) or _is_attention(module):
+        return True
+    if _is_linear(module):
+        parent = parent_of.get(name)
+        return parent is None or not _is_attention(parent)
     return False
 
 
@@ -130,7 +166,7 @@ def select_layers(model: nn.Module, layers: LayerSelector = None) -> dict[str, n
         chosen = {n: named[n] for n in sorted(set(wanted), key=order.__getitem__)}
     if not chosen:
         raise ValueError(
-            f"no layers selected in {type(model).__name__}: it has no Linear/Conv/MultiheadAttention "
+            f"no layers selected in {type(model).__name__}: it has no Linear/Conv/attention "
             "modules; pass layers=[module names] or a predicate"
         )
     return chosen

@@ -1,10 +1,10 @@
 """The study's 15 architectures and the extended ones, selected by name.
 
 `build_model(arch, dataset)` builds one; `describe(model)` returns its family, depth, width and
-parameter count; `ARCHS` (the study's 15) and `EXTENDED_ARCHS` (ResNet-18, ViT) in `registry` are
-the single definition of every architecture's shape. Module names per family are documented in
-`mlp`, `cnn`, `transformer` and `vision`; the output layer is `fc` in all of them but the ViT
-(torchvision's `heads.head`).
+parameter count; `ARCHS` (the study's 15) and `EXTENDED_ARCHS` (ResNet-18, ViT, gpt2_mini) in
+`registry` are the single definition of every architecture's shape. Module names per family are
+documented in `mlp`, `cnn`, `transformer`, `vision` and `gpt`; the output layer is `fc` in all of them
+but the ViT (torchvision's `heads.head`) and the language model (`lm_head`).
 """
 
 from ndt.models.build import build_model

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from ndt.data.spec import DatasetSpec, Encoding, dataset_spec
 from ndt.models.cnn import CNN
+from ndt.models.gpt import GPT2LM  # imports transformers only when a GPT2LM is built
 from ndt.models.mlp import MLP
 from ndt.models.registry import (
     ArchModel,
     CNNArch,
+    GPT2Arch,
     MLPArch,
     ModelInfo,
     ResNetArch,
@@ -27,17 +29,20 @@ def build_model(arch: str, dataset: str | DatasetSpec, *, encoding: Encoding | N
     (see `describe`).
 
     Args:
-        arch: one of `ARCH_NAMES` or `EXTENDED_ARCH_NAMES`, e.g. "cnn_deep" or "resnet18".
+        arch: one of `ARCH_NAMES` or `EXTENDED_ARCH_NAMES`, e.g. "cnn_deep", "resnet18", "gpt2_mini".
         dataset: a dataset name (resolved by `ndt.data.spec.dataset_spec`) or a `DatasetSpec`.
         encoding: text encoding ("embedding" or "raw_ids") when `dataset` is a name; None for
             the dataset's default.
 
     Returns:
-        A model mapping a batch of `spec.input_shape` examples to (B, spec.num_classes) logits.
+        A model mapping a batch of `spec.input_shape` examples to (B, spec.num_classes) logits; a
+        language model (family "lm") maps (B, S) token ids to (B, S, vocab) next-token logits.
 
     Raises:
         ValueError: unknown architecture or dataset, or an encoding that does not apply.
-        IncompatiblePairError: the pair is undefined (a CNN, ResNet or ViT on text).
+        IncompatiblePairError: the pair is undefined (a CNN, ResNet or ViT on text, a language model
+            on classes).
+        ImportError: a GPT-2 model without ``transformers`` installed (``pip install 'ndt[hf]'``).
     """
     spec = _resolve_spec(dataset, encoding)
     cfg = arch_spec(arch)
@@ -56,6 +61,9 @@ def build_model(arch: str, dataset: str | DatasetSpec, *, encoding: Encoding | N
         model = ResNet18(spec.input_shape, cfg, spec.num_classes)
     elif isinstance(cfg, ViTArch):
         model = ViT(spec.input_shape, cfg, spec.num_classes)
+    elif isinstance(cfg, GPT2Arch):
+        assert vocab_size is not None  # check_compatible: a language model gets a next-token dataset
+        model = GPT2LM(vocab_size, spec.num_inputs, cfg.n_layer, cfg.n_embd, cfg.n_head)
     else:  # pragma: no cover - every registry entry type has a branch above
         raise TypeError(f"no builder for {type(cfg).__name__}")
     params = sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -5,8 +5,9 @@ small frozen dataclass. Depth and width are properties derived from the widths s
 are never written down twice. `describe()` reads them back from a built model.
 
 `ARCHS` holds the study's 15 in the order of its tables (tables, sweeps and golden files rely on
-it); `EXTENDED_ARCHS` holds the architectures added since (torchvision's ResNet-18 and ViT), which
-`arch_spec`, `arch_family`, `check_compatible` and `build_model` accept alike.
+it); `EXTENDED_ARCHS` holds the architectures added since (issue 13's ``+sweep=extended``:
+torchvision's ResNet-18 and ViT, and ``gpt2_mini``, family "lm", a causal language model for
+next-token datasets), which `arch_spec`, `arch_family`, `check_compatible` and `build_model` accept alike.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from torch import nn
 
 from ndt.data.spec import DatasetSpec
 
-Family = Literal["mlp", "cnn", "transformer", "resnet", "vit"]
+Family = Literal["mlp", "cnn", "transformer", "resnet", "vit", "lm"]
 
 
 @dataclass(frozen=True)
@@ -155,7 +156,36 @@ class ViTArch:
         return float(self.hidden_dim)
 
 
-ArchSpec = MLPArch | CNNArch | TransformerArch | ResNetArch | ViTArch
+@dataclass(frozen=True)
+class GPT2Arch:
+    """A GPT-2-style causal language model (Hugging Face ``GPT2LMHeadModel``, random init).
+
+    The vocabulary and the context length (``n_positions``) come from the dataset's spec; the
+    feed-forward width is 4 * n_embd and the output layer is tied to the token embedding, as in GPT-2.
+
+    Attributes:
+        n_layer: transformer blocks.
+        n_embd: token width d.
+        n_head: attention heads per block.
+    """
+
+    n_layer: int
+    n_embd: int
+    n_head: int
+    family: ClassVar[Family] = "lm"
+
+    @property
+    def depth(self) -> int:
+        """Number of transformer blocks."""
+        return self.n_layer
+
+    @property
+    def width(self) -> float:
+        """Token width d."""
+        return float(self.n_embd)
+
+
+ArchSpec = MLPArch | CNNArch | TransformerArch | ResNetArch | ViTArch | GPT2Arch
 
 #: The study's 15 architectures, in the order of its tables.
 ARCHS: Mapping[str, ArchSpec] = MappingProxyType(
@@ -192,6 +222,10 @@ EXTENDED_ARCHS: Mapping[str, ArchSpec] = MappingProxyType(
         # CIFAR-size images: 7x7 = 49 tokens at 28x28, 8x8 = 64 at 32x32, plus the class token.
         # 2.7M parameters.
         "vit_small": ViTArch(patch_size=4, num_layers=6, num_heads=3, hidden_dim=192, mlp_dim=768),
+        # 4 blocks of width 256 (4 heads of 64), 4.46M parameters with AG News' 5,002-token vocabulary
+        # and 64 positions: the smallest GPT-2 shape with a few layers to compare and heads of GPT-2's
+        # own width (64), cheap enough for a 2,000-step run on a 2-core CPU (see ndt.models.gpt).
+        "gpt2_mini": GPT2Arch(n_layer=4, n_embd=256, n_head=4),
     }
 )
 
@@ -215,8 +249,12 @@ def arch_spec(arch: str) -> ArchSpec:
         return ARCHS[arch]
     if arch in EXTENDED_ARCHS:
         return EXTENDED_ARCHS[arch]
-    names = ", ".join((*ARCH_NAMES, *EXTENDED_ARCH_NAMES))
-    raise ValueError(f"unknown architecture {arch!r}; choose one of {names}")
+    raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(known_arch_names())}")
+
+
+def known_arch_names() -> tuple[str, ...]:
+    """Every architecture `arch_spec` accepts: the study's 15, then the extended ones."""
+    return (*ARCH_NAMES, *EXTENDED_ARCH_NAMES)
 
 
 def is_known_arch(arch: object) -> bool:
@@ -225,7 +263,7 @@ def is_known_arch(arch: object) -> bool:
 
 
 def arch_family(arch: str) -> Family:
-    """Return the family ("mlp", "cnn", "transformer", "resnet" or "vit") of `arch`."""
+    """Return the family ("mlp", "cnn", "transformer", "resnet", "vit" or "lm") of `arch`."""
     return arch_spec(arch).family
 
 
@@ -234,9 +272,15 @@ def check_compatible(arch: str, spec: DatasetSpec) -> None:
 
     Raises:
         ValueError: unknown architecture.
-        IncompatiblePairError: a CNN, ResNet or ViT on a non-image dataset (their convs need a 2-D grid).
+        IncompatiblePairError: a CNN, ResNet or ViT on a non-image dataset (their convs need a 2-D
+            grid); a language model on a classification dataset, or a classifier on a next-token dataset.
     """
     family = arch_family(arch)
+    if (family == "lm") != (spec.task == "next_token"):
+        needs = "a next-token dataset (e.g. ag_news_lm)" if family == "lm" else "a classification dataset"
+        raise IncompatiblePairError(
+            f"{arch} ({family}) needs {needs}; {spec.name} is a {spec.task.replace('_', '-')} dataset."
+        )
     if family in IMAGE_FAMILIES and spec.modality != "image":
         kind = {"cnn": "CNNs", "resnet": "ResNets", "vit": "ViTs"}.get(family, f"{family} models")
         raise IncompatiblePairError(
@@ -251,10 +295,10 @@ class ModelInfo:
 
     Attributes:
         arch: architecture name, e.g. "cnn_deep".
-        family: "mlp", "cnn", "transformer", "resnet" or "vit".
+        family: "mlp", "cnn", "transformer", "resnet", "vit" or "lm".
         depth: mlp: hidden layers; cnn: conv layers + 1; transformer, vit: encoder layers; resnet:
-            main-path convs + 1 (18 for ResNet-18).
-        width: mlp: mean hidden width; cnn, resnet: mean conv channels; transformer, vit: d_model.
+            main-path convs + 1 (18 for ResNet-18); lm: blocks.
+        width: mlp: mean hidden width; cnn, resnet: mean conv channels; transformer, vit, lm: d_model.
         params: trainable parameter count at build time.
     """
 

@@ -223,7 +223,7 @@ def align_signs(reference: np.ndarray, scores: np.ndarray) -> np.ndarray:
 
 def pca_figure(
     panels: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]],
-    labels: np.ndarray,
+    labels: np.ndarray | None,
     before: int,
     after: int,
 ) -> bytes:
@@ -232,7 +232,8 @@ def pca_figure(
     Args:
         panels: {layer: ((n, 2) scores before, (n, 2) scores after, (2,) variance ratios before,
             (2,) variance ratios after)}; a one-feature layer gives (n, 1) scores (plotted against 0).
-        labels: (n,) integer class of each probe example.
+        labels: (n,) integer class of each probe example; None (a language model's probe: its
+            examples have no class) draws every point in one colour, without a legend.
         before, after: the measurement steps (titles).
     """
     from matplotlib import colormaps
@@ -244,12 +245,17 @@ def pca_figure(
         for col, (scores, ratio, step) in enumerate(((sb, rb, before), (sa, ra, after))):
             ax = axes[row, col]
             ys = scores[:, 1] if scores.shape[1] > 1 else np.zeros(len(scores))
-            ax.scatter(scores[:, 0], ys, c=cmap(labels % 10), s=14, lw=0)
+            if labels is not None:
+                ax.scatter(scores[:, 0], ys, c=cmap(labels % 10), s=14, lw=0)
+            else:
+                ax.scatter(scores[:, 0], ys, color=cmap(0), s=14, lw=0)
             ax.set_title(f"{layer} at step {step}", fontsize=10)
             ax.set_xlabel(f"PC1 ({100 * ratio[0]:.0f}% of variance)", fontsize=9)
             if ratio.size > 1:
                 ax.set_ylabel(f"PC2 ({100 * ratio[1]:.0f}%)", fontsize=9)
             ax.tick_params(labelsize=7)
+    if labels is None:
+        return to_png(fig)
     for c in np.unique(labels)[:10]:  # one legend entry per class
         axes[0, 1].scatter([], [], color=cmap(int(c) % 10), s=14, label=str(int(c)))
     axes[0, 1].legend(

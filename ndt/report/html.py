@@ -6,11 +6,13 @@ plots, spectra, the visualizer figures of the family, then every metric's change
 
 summary.json holds the same numbers: ``run``, ``selection``, ``event`` (null for step=N), ``events``
 (every event, ranked), ``moments`` (before/after: step, steps_done, mean_metric), ``replay`` (device,
-checkpoint, replayed_steps, seconds, check), ``probe`` (n, accuracy and loss before/after,
-changed_predictions), ``layers`` (the change table's rows, most changed first), ``most_changed``,
-``findings``, ``causal`` (null with causal=false: ``localised``, probe loss/accuracy before and after,
-``layers`` with each layer's patching shares, ablation effect and z, verdict, and ``control`` with the
-same for a no-event stretch), ``figures``, ``timings``, ``command``, ``ndt_version``, ``created``.
+checkpoint, replayed_steps, seconds, check), ``probe`` (n, task, n_scored: examples or a language
+model's next-token positions, accuracy and loss before/after, changed_predictions), ``layers`` (the
+change table's rows, most changed first), ``most_changed``, ``findings``, ``causal`` (null with
+causal=false: ``localised``, probe loss/accuracy before and after, ``layers`` with each layer's
+patching shares, ablation effect and z, verdict, ``skipped_layers`` (wider than
+``CAUSAL_MAX_FEATURES``), and ``control`` with the same for a no-event stretch), ``figures``,
+``timings``, ``command``, ``ndt_version``, ``created``.
 """
 
 from __future__ import annotations
@@ -219,6 +221,10 @@ def _causal(causal: dict[str, Any] | None, figure: FigureBlock | None) -> list[s
         if ctrl
         else f"No control stretch: {_e(causal.get('control_note'))}."
     )
+    if causal.get("skipped_layers"):
+        ctrl_text += (
+            f" Not tested (too wide for the F x F covariances): {_e(', '.join(causal['skipped_layers']))}."
+        )
     header = [
         "layer",
         "output patch share",

@@ -43,10 +43,13 @@ from ndt.analysis.analyzer import ActivationAnalyzer, LayerAnalysis
 from ndt.analysis.causal import Z_SIGNIFICANT, causal_table, layer_verdict, localise
 from ndt.analysis.comparison import Comparison, linear_cka, metric_frame, principal_angles
 from ndt.analysis.visualize import FeatureVisualizer
+from ndt.data.spec import IGNORE_INDEX
 from ndt.detect import DEFAULT_DETECTOR, JumpDetector, Jumps, RobustJumpDetector, get_detector
 from ndt.measure.capture import ActivationCapture
 from ndt.measure.spectrum import compute_metrics
 from ndt.models import describe
+from ndt.models.objective import correct_and_count, task_loss
+from ndt.models.pooling import PAD_ID
 from ndt.report import figures
 from ndt.report.html import FigureBlock, render_report
 from ndt.report.moments import Moments, choose_moments, rank_events
@@ -66,7 +69,7 @@ REPLAY_TOLERANCE = 1e-4
 #: Families whose report shows Grad-CAM and conv feature maps (conv layers with spatial maps).
 CONV_FAMILIES = ("cnn", "resnet")
 #: Families whose report shows per-head attention maps (``nn.MultiheadAttention`` layers).
-ATTENTION_FAMILIES = ("transformer", "vit")
+ATTENTION_FAMILIES = ("transformer", "vit", "lm")
 
 
 def detector_threshold(name: str | None) -> float | None:
@@ -79,6 +82,10 @@ def detector_threshold(name: str | None) -> float | None:
     return float(detector.threshold) if isinstance(detector, JumpDetector | RobustJumpDetector) else None
 
 
+#: Widest layer (features) the causal tests analyse: their added directions come from F x F covariances
+#: (F^3 eigensolves, ~1 min at a language model's 5,002 logits here); wider layers (an LM's output
+#: layer) are listed as skipped in summary.json's ``causal.skipped_layers``.
+CAUSAL_MAX_FEATURES = 4096
 #: Largest principal subspace compared per layer (`dominant_angles`).
 ANGLES_MAX_K = 10
 #: Config keys a replay needs (`ndt.running.train.build_training` reads the rest with them).
@@ -111,7 +118,7 @@ class Replay:
     Attributes:
         before, after: the network after `steps_done` (before, after) optimizer steps, in eval mode.
         probe: (n, ...) the run's probe inputs, on the replay device.
-        labels: (n,) their classes.
+        labels: (n,) their classes, or (n, S) next-token targets for a language model.
         checkpoint: optimizer steps of the checkpoint the replay started from (0: from initialisation).
         replayed: optimizer steps replayed (from the checkpoint to *after*).
         seconds: wall time of the replay.
@@ -215,7 +222,7 @@ def capture_probe(
     layers: Sequence[str] | None,
     sequence_reduction: str,
     **capture: Any,
-) -> tuple[dict[str, np.ndarray], np.ndarray]:
+) -> tuple[dict[str, np.ndarray], torch.Tensor]:
     """The probe's activations and logits, as the tracker measures them (eval mode, no grad).
 
     Args:
@@ -227,8 +234,9 @@ def capture_probe(
             library's (per-position conv rows, pre-activation, padding masked).
 
     Returns:
-        ({layer: (n_rows, k_layer) float32 array}, in model order; (n, classes) float64 logits). n_rows
-        is n except for per-position conv rows and ``tokens``.
+        ({layer: (n_rows, k_layer) float32 array}, in model order; the model's logits, a tensor on its
+        device: (n, classes) float64, or a language model's (n, S, V) as computed (float32: 205 MB for
+        160 x 64 x 5,002 already)). n_rows is n except for per-position conv rows and ``tokens``.
     """
     was_training = model.training
     model.eval()
@@ -239,13 +247,41 @@ def capture_probe(
     finally:
         model.train(was_training)
     acts = {name: cap.activations[name].float().cpu().numpy() for name in order if name in cap.activations}
-    return acts, logits.double().cpu().numpy()
+    return acts, (logits.double() if logits.ndim == 2 else logits)
 
 
-def _cross_entropy(logits: np.ndarray, labels: np.ndarray) -> float:
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    log_softmax = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-    return float(-log_softmax[np.arange(len(labels)), labels].mean())
+@dataclass(frozen=True)
+class ProbeOutcome:
+    """What the model predicts on the probe (the training loss and accuracy, `ndt.models.objective`).
+
+    Attributes:
+        loss: mean cross-entropy in nats (over examples, or over non-padding next-token positions).
+        accuracy: share of scored predictions that are right.
+        predictions: (n,) predicted classes, or (n, S) predicted next tokens with -1 where the target
+            is padding (not scored).
+        n_scored: predictions scored (n, or the non-padding positions).
+    """
+
+    loss: float
+    accuracy: float
+    predictions: np.ndarray
+    n_scored: int
+
+
+@torch.no_grad()
+def probe_outcome(logits: torch.Tensor, labels: torch.Tensor) -> ProbeOutcome:
+    """Loss, accuracy and predictions of (n, C) or (n, S, V) `logits` against `labels` (n,) or (n, S)."""
+    labels = labels.to(logits.device)
+    correct, count = correct_and_count(logits, labels)
+    pred = logits.argmax(dim=-1)
+    if pred.ndim == 2:
+        pred = pred.masked_fill(labels == IGNORE_INDEX, -1)
+    return ProbeOutcome(
+        loss=float(task_loss(logits, labels)),
+        accuracy=int(correct) / max(int(count), 1),
+        predictions=pred.cpu().numpy(),
+        n_scored=int(count),
+    )
 
 
 def dominant_angles(
@@ -396,9 +432,15 @@ def replay_check(
 
 
 def _pick_examples(pred_b: np.ndarray, pred_a: np.ndarray, k: int) -> np.ndarray:
-    """Up to k probe indices: examples whose prediction changed first (what moved), then the others."""
-    changed = np.flatnonzero(pred_b != pred_a)
-    rest = np.flatnonzero(pred_b == pred_a)
+    """Up to k probe indices: examples whose prediction changed first (what moved), then the others.
+
+    Predictions are (n,) classes or (n, S) next tokens (an example changed when any of its did).
+    """
+    moved = pred_b != pred_a
+    if moved.ndim > 1:
+        moved = moved.any(axis=tuple(range(1, moved.ndim)))
+    changed = np.flatnonzero(moved)
+    rest = np.flatnonzero(~moved)
     return np.sort(np.concatenate([changed, rest])[:k])
 
 
@@ -415,8 +457,9 @@ def visual_blocks(
     - image inputs (any family): saliency |d logit_label / d input|, max over channels;
     - CNNs and ResNets (`CONV_FAMILIES`): Grad-CAM of the last conv layer; feature maps of the
       most-changed conv layer;
-    - Transformers and ViTs (`ATTENTION_FAMILIES`): per-head attention weights of every attention
-      layer, for one example.
+    - Transformers, ViTs and language models (`ATTENTION_FAMILIES`): per-head attention weights of
+      every attention layer, for one example (a language model's cropped to the example's tokens: no
+      padding rows or columns).
 
     Attributions target the true label at both moments, so the two maps answer the same question.
     """
@@ -425,7 +468,9 @@ def visual_blocks(
     x = replay.probe[idx]
     y = replay.labels[idx]
     labels = y.cpu().numpy()
-    titles = [f"y={labels[i]}  {preds[0][j]}→{preds[1][j]}" for i, j in enumerate(idx)]
+    titles = (
+        [f"y={labels[i]}  {preds[0][j]}→{preds[1][j]}" for i, j in enumerate(idx)] if labels.ndim == 1 else []
+    )
     vis_b, vis_a = FeatureVisualizer(replay.before), FeatureVisualizer(replay.after)
     a, b = moments.before, moments.after
     images = x.detach().float().cpu().numpy()
@@ -477,6 +522,10 @@ def visual_blocks(
     if family in ATTENTION_FAMILIES:
         att_b = vis_b.attention_maps(x[:1])
         att_a = vis_a.attention_maps(x[:1])
+        if family == "lm":  # the example's own tokens: padding only follows the text (causal: unseen)
+            n_tok = max(int((x[0] != PAD_ID).sum()), 1)
+            att_b = {n: w[:, :, :n_tok, :n_tok] for n, w in att_b.items()}
+            att_a = {n: w[:, :, :n_tok, :n_tok] for n, w in att_a.items()}
         blocks.append(
             FigureBlock(
                 "attention",
@@ -521,10 +570,12 @@ def findings(table: pd.DataFrame, summary: dict[str, Any], metric: str, top: int
             f"{table.at[i, f'{metric}_delta_pct']:+.1f}%)."
         )
     p = summary["probe"]
+    lm = p.get("task") == "next_token"
+    where = f"{p['n']}-text probe ({p['n_scored']} next-token positions)" if lm else f"{p['n']}-example probe"
     out.append(
-        f"On the {p['n']}-example probe, accuracy went from {100 * p['accuracy_before']:.1f}% to "
-        f"{100 * p['accuracy_after']:.1f}% and the loss from {p['loss_before']:.3f} to {p['loss_after']:.3f}; "
-        f"{p['changed_predictions']} prediction(s) changed."
+        f"On the {where}, {'next-token ' if lm else ''}accuracy went from {100 * p['accuracy_before']:.1f}% "
+        f"to {100 * p['accuracy_after']:.1f}% and the loss from {p['loss_before']:.3f} to "
+        f"{p['loss_after']:.3f}; {p['changed_predictions']} {'token ' if lm else ''}prediction(s) changed."
     )
     return out
 
@@ -744,6 +795,8 @@ def investigate_source(source: RunSource, options: InvestigateOptions | None = N
             moments.steps_done, device, {"sequence_reduction": reduction, **capture_kw}, opts.layers
         )
         acts_b, logits_b = capture_probe(replay.before, replay.probe, opts.layers, reduction, **capture_kw)
+        out_b = probe_outcome(logits_b, replay.labels)
+        del logits_b  # a language model's probe logits are hundreds of MB
     except KeyError:
         measured = list(record.get("layers") or rows["layer"].unique())
         raise InvestigationError(
@@ -751,6 +804,8 @@ def investigate_source(source: RunSource, options: InvestigateOptions | None = N
             f"the measured layers are {','.join(measured)}"
         ) from None
     acts_a, logits_a = capture_probe(replay.after, replay.probe, opts.layers, reduction, **capture_kw)
+    out_a = probe_outcome(logits_a, replay.labels)
+    del logits_a
 
     t_an = time.perf_counter()
     # No clustering or t-SNE: they would take most of the time and the report shows PCA scatter plots.
@@ -781,17 +836,20 @@ def investigate_source(source: RunSource, options: InvestigateOptions | None = N
     analysis_s = time.perf_counter() - t_an
 
     t_causal = time.perf_counter()
+    causal_layers = [n for n, a in acts_b.items() if a.shape[1] <= CAUSAL_MAX_FEATURES]
     causal_result = (
         causal_section(
-            source, replay, list(acts_b), searched[0], jumps, moments, device, capture_kw, reduction, opts
+            source, replay, causal_layers, searched[0], jumps, moments, device, capture_kw, reduction, opts
         )
-        if opts.causal
+        if opts.causal and causal_layers
         else None
     )
+    if causal_result is not None:
+        causal_result.summary["skipped_layers"] = [n for n in acts_b if n not in causal_layers]
     causal_s = time.perf_counter() - t_causal
 
     labels = replay.labels.cpu().numpy()
-    pred_b, pred_a = logits_b.argmax(axis=1), logits_a.argmax(axis=1)
+    pred_b, pred_a = out_b.predictions, out_a.predictions
     family = str(record.get("family") or describe(replay.after).family)
     series_at = dict(zip(steps.tolist(), mean.tolist(), strict=True))
     summary: dict[str, Any] = {
@@ -836,10 +894,12 @@ def investigate_source(source: RunSource, options: InvestigateOptions | None = N
         },
         "probe": {
             "n": len(labels),
-            "accuracy_before": float((pred_b == labels).mean()),
-            "accuracy_after": float((pred_a == labels).mean()),
-            "loss_before": _cross_entropy(logits_b, labels),
-            "loss_after": _cross_entropy(logits_a, labels),
+            "task": "next_token" if labels.ndim > 1 else "classification",
+            "n_scored": out_b.n_scored,  # examples, or a language model's non-padding positions
+            "accuracy_before": out_b.accuracy,
+            "accuracy_after": out_a.accuracy,
+            "loss_before": out_b.loss,
+            "loss_after": out_a.loss,
             "changed_predictions": int((pred_b != pred_a).sum()),
         },
         "layers": table.to_dict(orient="records"),
@@ -1054,7 +1114,11 @@ def figure_blocks(
     labels: np.ndarray,
     opts: InvestigateOptions,
 ) -> list[FigureBlock]:
-    """The figures every report has: series, change per layer, PCA scatter, spectra."""
+    """The figures every report has: series, change per layer, PCA scatter, spectra.
+
+    `labels` are the probe's (n,) classes, or a language model's (n, S) targets (the PCA scatter is
+    then one colour: its examples have no class).
+    """
     metric, a, b = opts.metric, moments.before, moments.after
     ordered = rows.sort_values(["layer_index", "step"], kind="stable")
     per_layer = {
@@ -1117,7 +1181,7 @@ def figure_blocks(
             FigureBlock(
                 "pca",
                 f"PCA of the probe in the most-changed layer{'s' if len(pca_panels) > 1 else ''}",
-                figures.pca_figure(pca_panels, labels, a, b),
+                figures.pca_figure(pca_panels, labels if labels.ndim == 1 else None, a, b),
                 "Each point is a probe example, coloured by its label, in the first two principal components "
                 "of the layer's (centred) activations; the after-components are sign-aligned with the "
                 "before-components so that an unchanged direction is not mirrored.",

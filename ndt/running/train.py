@@ -37,6 +37,7 @@ from ndt.data.spec import dataset_spec
 from ndt.integrations.loggers import make_loggers
 from ndt.measure.tracker import HighFrequencyTracker
 from ndt.models import IncompatiblePairError, build_model, check_compatible, describe
+from ndt.models.objective import correct_and_count, task_loss
 from ndt.running import distributed
 from ndt.running.checkpoint import (
     checkpoint_path,
@@ -353,14 +354,17 @@ def check_loss(step: int, value: float) -> None:
 
 @torch.no_grad()
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> float:
-    """Top-1 accuracy in eval mode (mode restored afterwards)."""
+    """Top-1 accuracy in eval mode (mode restored afterwards): the share of examples whose argmax is
+    the label, or for a language model the share of non-padding positions whose argmax is the next
+    token (`ndt.models.objective.correct_and_count`)."""
     was_training = model.training
     model.eval()
-    correct = 0
+    correct, count = 0, 0
     for lo in range(0, len(y), batch_size):
-        correct += int((model(x[lo : lo + batch_size]).argmax(dim=1) == y[lo : lo + batch_size]).sum())
+        c, n = correct_and_count(model(x[lo : lo + batch_size]), y[lo : lo + batch_size])
+        correct, count = correct + int(c), count + int(n)
     model.train(was_training)
-    return correct / max(len(y), 1)
+    return correct / max(count, 1)
 
 
 def base_record(cfg: DictConfig, config: dict[str, Any]) -> dict[str, Any]:
@@ -441,7 +445,8 @@ class TrainingState:
 
     Attributes:
         model, optimizer, sampler: the trained network, its optimizer, the data order.
-        train_x, train_y, test_x, test_y: the run's subsets, on `device`.
+        train_x, train_y, test_x, test_y: the run's subsets, on `device` (labels (N,), or (N, S)
+            next-token targets for a language model).
         probe: (probe_size, ...) the first test-subset examples, or None (measure the training batch).
         device: where everything lives.
     """
@@ -488,9 +493,13 @@ def build_training(cfg: DictConfig, device: torch.device) -> TrainingState:
 
 
 def training_step(state: TrainingState) -> torch.Tensor:
-    """One optimizer step on the sampler's next batch; returns the (device) loss."""
+    """One optimizer step on the sampler's next batch; returns the (device) loss.
+
+    The loss is `ndt.models.objective.task_loss`: cross-entropy over the examples, or over the
+    non-padding positions of a language model's (B, S, V) logits.
+    """
     idx = distributed.local_share(state.sampler.next_batch(), state.model)  # already on state.device
-    loss = nn.functional.cross_entropy(state.model(state.train_x[idx]), state.train_y[idx])
+    loss = task_loss(state.model(state.train_x[idx]), state.train_y[idx])
     state.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     state.optimizer.step()

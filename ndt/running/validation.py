@@ -31,6 +31,7 @@ STANDARD_TEST_SIZES = {
     "qmnist": 60_000,
     "ag_news": 7_600,
     "cifar10": 10_000,
+    "ag_news_lm": 7_600,  # the ag_news test file, one text per sequence
 }
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -82,7 +83,7 @@ def check_config(cfg: DictConfig) -> list[str]:
 
     from ndt.data.images import DIGITS_TEST_SIZE
     from ndt.data.spec import DATASET_NAMES
-    from ndt.models.registry import ARCH_NAMES, EXTENDED_ARCH_NAMES, is_known_arch
+    from ndt.models.registry import is_known_arch, known_arch_names
 
     need("seed", lambda v: _is_int(v) and v >= 0, "must be an integer >= 0 (the run's seed)")
     need(
@@ -90,7 +91,7 @@ def check_config(cfg: DictConfig) -> list[str]:
         lambda v: isinstance(v, str) and v.strip() != "" and "/" not in v and v not in (".", ".."),
         "must be a non-empty name without '/' (it names a directory under paths.results_dir)",
     )
-    need("arch.name", is_known_arch, f"must be one of {', '.join((*ARCH_NAMES, *EXTENDED_ARCH_NAMES))}")
+    need("arch.name", is_known_arch, f"must be one of {', '.join(known_arch_names())}")
     dataset = need("dataset.name", lambda v: v in DATASET_NAMES, f"must be one of {', '.join(DATASET_NAMES)}")
     need(
         "dataset.encoding",
