@@ -319,3 +319,52 @@ def test_ndt_transformer_declares_its_padding() -> None:
     torch.testing.assert_close(
         cap.activations["encoder.layers.0.linear2"], (raw["out"] * w).sum(1) / w.sum(1)
     )
+
+
+def test_lazy_capture_registers_hooks_only_while_enabled() -> None:
+    """lazy=True: a disabled capture leaves no hook on any module (an unmeasured forward runs bare);
+    enabling registers them again and the next forward is captured."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    x = torch.randn(5, 4)
+
+    def hooks() -> int:
+        return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+    cap = ActivationCapture(model, lazy=True).attach()
+    assert cap.attached and hooks() > 0
+    cap.enabled = False
+    assert hooks() == 0 and cap.attached
+    model(x)
+    assert cap.activations == {}
+    cap.enabled = True
+    assert hooks() > 0
+    model(x)
+    assert set(cap.activations) == {"0", "2"}
+    torch.testing.assert_close(cap.activations["0"], model[0](x))
+    cap.remove()
+    cap.enabled = True  # removed: enabling does not bring the hooks back
+    assert hooks() == 0 and not cap.attached
+
+
+def test_tracker_leaves_unmeasured_forwards_without_hooks(tmp_path) -> None:
+    from ndt.measure.tracker import HighFrequencyTracker
+
+    model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    n_hooks = lambda: sum(len(m._forward_hooks) for m in model.modules())  # noqa: E731
+    with HighFrequencyTracker(model, 5, writer=tmp_path / "m") as tracker:
+        assert n_hooks() > 0  # armed for step 0's forward
+        model(torch.randn(6, 4)).sum().backward()
+        tracker.log(0)
+        assert n_hooks() == 0  # step 1 is not measured
+        for step in range(1, 4):
+            model(torch.randn(6, 4))
+            tracker.log(step)
+            assert n_hooks() == 0  # steps 2-4 are not measured either
+        model(torch.randn(6, 4))
+        tracker.log(4)
+        assert n_hooks() > 0  # armed again for step 5's forward
+        model(torch.randn(6, 4)).sum().backward()
+        tracker.log(5)
+        rows = tracker.get_results()
+    assert sorted(rows["step"].unique()) == [0, 5]

@@ -364,13 +364,18 @@ class ActivationCapture:
             statistics); default: store the matrix itself.
         grad_enabled_only: capture only forwards run with autograd on (a training step), so that an
             evaluation pass under ``torch.no_grad`` in between does not replace them.
+        lazy: once attached, keep the hooks registered only while `enabled` (each change of `enabled`
+            registers or removes them): a forward that is not captured then runs with no hook at all.
+            A registered hook that returns at once still costs the module call its slow path, ~10 us
+            per hooked module and forward, 3-6% of a small MLP's training step on 2 CPU cores
+            (measured). Leave it off for a ``torch.compile``d model, whose graphs depend on its hooks.
 
     Attributes:
         layer_names: captured layers, in model order.
         post_source: {layer: where its measurement is read}, see `resolve_hooks`.
         activations: {layer name: transform(matrix)} of the latest forward (one entry per layer
             that ran; a module called several times keeps its last call).
-        enabled: hooks store nothing while False (they stay registered; the cost is one Python call).
+        enabled: hooks store nothing while False (registered or not: see ``lazy``).
 
     Raises:
         ValueError: an unknown policy, max_rows < 1, or a shared activation module under ``post``.
@@ -388,6 +393,7 @@ class ActivationCapture:
         padding_mask: PaddingMask | str = "auto",
         transform: Callable[[torch.Tensor], Any] | None = None,
         grad_enabled_only: bool = False,
+        lazy: bool = False,
     ) -> None:
         _check_choice("sequence_reduction", sequence_reduction, SEQUENCE_REDUCTIONS)
         _check_choice("conv_reduction", conv_reduction, CONV_REDUCTIONS)
@@ -416,10 +422,26 @@ class ActivationCapture:
         self.transform = transform
         self.grad_enabled_only = grad_enabled_only
         self.activations: dict[str, Any] = {}
-        self.enabled = True
+        self.lazy = lazy
+        self._enabled = True
+        self._wanted = False  # attach() was called and remove() not since
         self._padding: torch.Tensor | None = None  # (B, S) of the forward in progress
         self._warned_mask: set[str] = set()
         self._handles: list[RemovableHandle] = []
+
+    @property
+    def enabled(self) -> bool:
+        """Whether the hooks store what they see (see ``lazy`` for whether they are registered)."""
+        return self._enabled
+
+    @enabled.setter
+    def enabled(self, value: bool) -> None:
+        self._enabled = bool(value)
+        if self.lazy and self._wanted:
+            if self._enabled:
+                self._register()
+            else:
+                self._unregister()
 
     def _active(self) -> bool:
         return self.enabled and not (self.grad_enabled_only and not torch.is_grad_enabled())
@@ -471,7 +493,13 @@ class ActivationCapture:
         )
 
     def attach(self) -> ActivationCapture:
-        """Register the hooks (idempotent)."""
+        """Register the hooks (idempotent); with ``lazy``, only while `enabled`."""
+        self._wanted = True
+        if self._enabled or not self.lazy:
+            self._register()
+        return self
+
+    def _register(self) -> None:
         if not self._handles:
             self._handles = [
                 m.register_forward_hook(self._hook(n, fn)) for n, (m, fn, _) in self._hooks.items()
@@ -481,14 +509,17 @@ class ActivationCapture:
                     self.model.register_forward_pre_hook(self._root_pre_hook, with_kwargs=True)
                 )
                 self._handles.append(self.model.register_forward_hook(self._root_post_hook, always_call=True))
-        return self
 
-    def remove(self) -> None:
-        """Remove every hook this capture registered."""
+    def _unregister(self) -> None:
         for h in self._handles:
             h.remove()
         self._handles = []
         self._padding = None
+
+    def remove(self) -> None:
+        """Remove every hook this capture registered."""
+        self._wanted = False
+        self._unregister()
 
     def clear(self) -> None:
         """Forget the stored activations."""
@@ -496,8 +527,8 @@ class ActivationCapture:
 
     @property
     def attached(self) -> bool:
-        """Whether the hooks are registered."""
-        return bool(self._handles)
+        """Whether the capture is attached (with ``lazy``, its hooks are registered only while enabled)."""
+        return self._wanted
 
     def __enter__(self) -> ActivationCapture:
         return self.attach()

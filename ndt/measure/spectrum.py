@@ -397,16 +397,13 @@ def metrics_from_stats(
         hold NaN/Inf get NaN for every metric.
     """
     n_layers = len(flats)
-    # One pass over all statistics; per layer only when something is not finite (rare).
-    flat_all = np.concatenate(flats) if flats else np.zeros(0)
-    if np.isfinite(flat_all).all():
-        finite = np.ones(n_layers, dtype=bool)
-    else:
-        finite = np.array([bool(np.isfinite(f).all()) for f in flats], dtype=bool)
     # Estimated layers (size 0) bring their metric values; NaN values mean non-finite activations.
     estimated = np.array([s == 0 for s in sizes], dtype=bool)
+    finite = np.ones(n_layers, dtype=bool)
+    for i in np.flatnonzero(estimated):
+        finite[i] = bool(np.isfinite(flats[int(i)]).all())
     groups: dict[tuple[int, bool], list[int]] = {}
-    for i in np.flatnonzero(finite & ~estimated):
+    for i in np.flatnonzero(~estimated):
         side = bool(n_samples[i] <= n_features[i]) if sample_sides is None else bool(sample_sides[int(i)])
         groups.setdefault((sizes[int(i)], side), []).append(int(i))
     m_max = max([*sizes, 1])  # 1: a batch of estimated layers only still has a (L, 1) spectrum
@@ -416,10 +413,20 @@ def metrics_from_stats(
     ctrace = np.zeros(n_layers)
     cfro2 = np.zeros(n_layers)
     with single_threaded_blas():
-        for (m, sample_side), idx in groups.items():
-            parts = [unflatten(flats[i], m, sample_side) for i in idx]
-            g = np.stack([p[0] for p in parts])
+        for (m, sample_side), members in groups.items():
+            parts = [unflatten(flats[i], m, sample_side) for i in members]
+            g = np.stack([p[0] for p in parts])  # (G, m, m): the one copy the batched solve needs
             mean = None if sample_side else np.stack([p[1] for p in parts if p[1] is not None])
+            # Finiteness checked on the stack (one pass over data read anyway), not per layer.
+            ok = np.isfinite(g).all(axis=(1, 2))
+            if mean is not None:
+                ok &= np.isfinite(mean).all(axis=1)
+            idx = np.asarray(members)
+            if not ok.all():
+                finite[idx[~ok]] = False
+                idx, g, mean = idx[ok], g[ok], None if mean is None else mean[ok]
+                if not idx.size:
+                    continue
             if center:  # already centred on the activations: no correction to apply
                 ctrace[idx] = np.trace(g, axis1=1, axis2=2)
                 cfro2[idx] = np.einsum("lij,lij->l", g, g)
