@@ -368,3 +368,23 @@ def test_tracker_leaves_unmeasured_forwards_without_hooks(tmp_path) -> None:
         tracker.log(5)
         rows = tracker.get_results()
     assert sorted(rows["step"].unique()) == [0, 5]
+
+
+def test_auto_padding_registers_root_hooks_only_where_an_attention_mask_can_arrive() -> None:
+    """padding_mask="auto" looks for ``attention_mask=``: a Sequential's forward(input) cannot take it,
+    so no root hook is registered; a forward with **kwargs may, so both root hooks are."""
+
+    class Keywords(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(3, 2)
+
+        def forward(self, x: torch.Tensor, **kwargs: object) -> torch.Tensor:
+            return self.fc(x)
+
+    seq = nn.Sequential(nn.Linear(3, 2))
+    with ActivationCapture(seq):
+        assert len(seq._forward_pre_hooks) == 0 and len(seq._forward_hooks) == 0
+    kw = Keywords()
+    with ActivationCapture(kw):
+        assert len(kw._forward_pre_hooks) == 1 and len(kw._forward_hooks) == 1

@@ -54,6 +54,7 @@ the model's own arguments; None measures every position (the study's).
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import warnings
 from collections.abc import Callable, Iterable, Mapping
@@ -336,6 +337,19 @@ def resolve_hooks(
     return out
 
 
+def _may_take_attention_mask(model: nn.Module) -> bool:
+    """Whether `model`'s forward can receive an ``attention_mask=`` keyword (named, or ``**kwargs``).
+
+    When it cannot, ``padding_mask="auto"`` has nothing to look for and the root hooks are not
+    registered (two fewer hook calls per measured forward).
+    """
+    try:
+        params = inspect.signature(model.forward).parameters.values()
+    except (TypeError, ValueError):  # no signature to read: assume it may
+        return True
+    return any(p.name == "attention_mask" or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+
+
 def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(choices)}")
@@ -506,7 +520,7 @@ class ActivationCapture:
             self._handles = [
                 m.register_forward_hook(self._hook(n, fn)) for n, (m, fn, _) in self._hooks.items()
             ]
-            if self._mask_fn is not None or self._mask_auto:
+            if self._mask_fn is not None or (self._mask_auto and _may_take_attention_mask(self.model)):
                 self._handles.append(
                     self.model.register_forward_pre_hook(self._root_pre_hook, with_kwargs=True)
                 )

@@ -370,6 +370,127 @@ def validate_metric_names(names: Iterable[str]) -> tuple[str, ...]:
     return names
 
 
+@dataclass
+class SolvedLayers:
+    """The spectra of L layers, solved, before any metric: what `metrics_from_solved` needs.
+
+    Attributes:
+        eigenvalues: (L, m) descending, rounding noise set to 0, zero-padded to the widest Gram.
+        centred_trace, centred_fro2: (L,) as in `Spectrum`.
+        sizes: (L,) Gram side of each layer (0: estimated).
+        finite: (L,) False where the statistics held NaN/Inf.
+        estimates: (L, len(METRIC_COLUMNS)) the estimated layers' metric values (NaN elsewhere).
+    """
+
+    eigenvalues: FloatArray
+    centred_trace: FloatArray
+    centred_fro2: FloatArray
+    sizes: np.ndarray
+    finite: np.ndarray
+    estimates: FloatArray
+
+    @staticmethod
+    def concat(parts: Sequence[SolvedLayers]) -> SolvedLayers:
+        """The layers of several solves, in order (eigenvalues zero-padded to the widest)."""
+        width = max(p.eigenvalues.shape[1] for p in parts)
+        lam = np.zeros((sum(len(p.sizes) for p in parts), width))
+        row = 0
+        for p in parts:
+            lam[row : row + len(p.sizes), : p.eigenvalues.shape[1]] = p.eigenvalues
+            row += len(p.sizes)
+        return SolvedLayers(
+            eigenvalues=lam,
+            centred_trace=np.concatenate([p.centred_trace for p in parts]),
+            centred_fro2=np.concatenate([p.centred_fro2 for p in parts]),
+            sizes=np.concatenate([p.sizes for p in parts]),
+            finite=np.concatenate([p.finite for p in parts]),
+            estimates=np.concatenate([p.estimates for p in parts]),
+        )
+
+
+def solve_spectra(
+    flats: Sequence[np.ndarray],
+    sizes: Sequence[int],
+    n_samples: np.ndarray,
+    n_features: np.ndarray,
+    *,
+    center: bool = False,
+    sample_sides: Sequence[bool] | None = None,
+) -> SolvedLayers:
+    """Eigen-decompose L layers' Grams (batched by shape): the first half of `metrics_from_stats`.
+
+    The tracker solves each measurement as soon as it is taken on the CPU, while its Grams are still
+    in cache (measured: 12% less than solving a stack of 50 cold ones later), and evaluates the
+    metrics of a whole batch at once (`metrics_from_solved`). Arguments as `metrics_from_stats`.
+    """
+    n_layers = len(flats)
+    # Estimated layers (size 0) bring their metric values; NaN values mean non-finite activations.
+    estimated = np.array([s == 0 for s in sizes], dtype=bool)
+    finite = np.ones(n_layers, dtype=bool)
+    estimates = np.full((n_layers, len(METRIC_COLUMNS)), np.nan)
+    for i in np.flatnonzero(estimated):
+        finite[i] = bool(np.isfinite(flats[int(i)]).all())
+        estimates[i] = flats[int(i)][: len(METRIC_COLUMNS)]
+    groups: dict[tuple[int, bool], list[int]] = {}
+    for i in np.flatnonzero(~estimated):
+        side = bool(n_samples[i] <= n_features[i]) if sample_sides is None else bool(sample_sides[int(i)])
+        groups.setdefault((sizes[int(i)], side), []).append(int(i))
+    m_max = max([*sizes, 1])  # 1: a batch of estimated layers only still has a (L, 1) spectrum
+    # Eigenvalues zero-padded to m_max: zero singular values change no metric, and one (L, m_max)
+    # array lets every metric run once for the whole batch.
+    lam = np.zeros((n_layers, m_max))
+    ctrace = np.zeros(n_layers)
+    cfro2 = np.zeros(n_layers)
+    with single_threaded_blas():
+        for (m, sample_side), members in groups.items():
+            parts = [unflatten(flats[i], m, sample_side) for i in members]
+            # (G, m, m): the one copy the batched solve needs (a view for a single layer)
+            g = parts[0][0][None] if len(parts) == 1 else np.stack([p[0] for p in parts])
+            mean = None if sample_side else np.stack([p[1] for p in parts if p[1] is not None])
+            # Finiteness checked on the stack (one pass over data read anyway), not per layer.
+            ok = np.isfinite(g).all(axis=(1, 2))
+            if mean is not None:
+                ok &= np.isfinite(mean).all(axis=1)
+            idx = np.asarray(members)
+            if not ok.all():
+                finite[idx[~ok]] = False
+                idx, g, mean = idx[ok], g[ok], None if mean is None else mean[ok]
+                if not idx.size:
+                    continue
+            if center:  # already centred on the activations: no correction to apply
+                ctrace[idx] = np.trace(g, axis1=1, axis2=2)
+                cfro2[idx] = np.einsum("lij,lij->l", g, g)
+            else:
+                ctrace[idx], cfro2[idx] = centred_moments(g, mean, n_samples[idx])
+            lam[idx, :m] = np.linalg.eigvalsh(g)[:, ::-1]  # descending
+    size_arr = np.asarray(sizes, dtype=np.int64)
+    tol = LAMBDA_TOL * size_arr.astype(np.float64)[:, None] * lam[:, :1]
+    lam = np.where(lam > tol, lam, 0.0)
+    return SolvedLayers(lam, ctrace, cfro2, size_arr, finite, estimates)
+
+
+def metrics_from_solved(
+    solved: SolvedLayers, metrics: Sequence[str] = METRIC_COLUMNS
+) -> tuple[dict[str, FloatArray], np.ndarray]:
+    """The chosen metrics of solved layers, each vectorised over all of them: the second half of
+    `metrics_from_stats` (same returns)."""
+    lam = solved.eigenvalues
+    sp = Spectrum(
+        eigenvalues=lam,
+        singular_values=np.sqrt(lam),
+        centred_trace=solved.centred_trace,
+        centred_fro2=solved.centred_fro2,
+    )
+    estimated = np.flatnonzero(solved.sizes == 0)
+    out = {}
+    for name in metrics:
+        values = METRICS[name](sp)
+        values[estimated] = solved.estimates[estimated, METRIC_COLUMNS.index(name)]
+        values[~solved.finite] = np.nan
+        out[name] = values
+    return out, solved.finite
+
+
 def metrics_from_stats(
     flats: Sequence[np.ndarray],
     sizes: Sequence[int],
@@ -396,55 +517,8 @@ def metrics_from_stats(
         ({metric: (L,) float64}, finite) where finite is an (L,) bool mask; layers whose statistics
         hold NaN/Inf get NaN for every metric.
     """
-    n_layers = len(flats)
-    # Estimated layers (size 0) bring their metric values; NaN values mean non-finite activations.
-    estimated = np.array([s == 0 for s in sizes], dtype=bool)
-    finite = np.ones(n_layers, dtype=bool)
-    for i in np.flatnonzero(estimated):
-        finite[i] = bool(np.isfinite(flats[int(i)]).all())
-    groups: dict[tuple[int, bool], list[int]] = {}
-    for i in np.flatnonzero(~estimated):
-        side = bool(n_samples[i] <= n_features[i]) if sample_sides is None else bool(sample_sides[int(i)])
-        groups.setdefault((sizes[int(i)], side), []).append(int(i))
-    m_max = max([*sizes, 1])  # 1: a batch of estimated layers only still has a (L, 1) spectrum
-    # Eigenvalues zero-padded to m_max: zero singular values change no metric, and one (L, m_max)
-    # array lets every metric run once for the whole batch.
-    lam = np.zeros((n_layers, m_max))
-    ctrace = np.zeros(n_layers)
-    cfro2 = np.zeros(n_layers)
-    with single_threaded_blas():
-        for (m, sample_side), members in groups.items():
-            parts = [unflatten(flats[i], m, sample_side) for i in members]
-            g = np.stack([p[0] for p in parts])  # (G, m, m): the one copy the batched solve needs
-            mean = None if sample_side else np.stack([p[1] for p in parts if p[1] is not None])
-            # Finiteness checked on the stack (one pass over data read anyway), not per layer.
-            ok = np.isfinite(g).all(axis=(1, 2))
-            if mean is not None:
-                ok &= np.isfinite(mean).all(axis=1)
-            idx = np.asarray(members)
-            if not ok.all():
-                finite[idx[~ok]] = False
-                idx, g, mean = idx[ok], g[ok], None if mean is None else mean[ok]
-                if not idx.size:
-                    continue
-            if center:  # already centred on the activations: no correction to apply
-                ctrace[idx] = np.trace(g, axis1=1, axis2=2)
-                cfro2[idx] = np.einsum("lij,lij->l", g, g)
-            else:
-                ctrace[idx], cfro2[idx] = centred_moments(g, mean, n_samples[idx])
-            lam[idx, :m] = np.linalg.eigvalsh(g)[:, ::-1]  # descending
-    tol = LAMBDA_TOL * np.asarray(sizes, dtype=np.float64)[:, None] * lam[:, :1]
-    lam = np.where(lam > tol, lam, 0.0)
-    sp = Spectrum(eigenvalues=lam, singular_values=np.sqrt(lam), centred_trace=ctrace, centred_fro2=cfro2)
-    out = {}
-    for name in metrics:
-        values = METRICS[name](sp)
-        col = METRIC_COLUMNS.index(name)
-        for i in np.flatnonzero(estimated):
-            values[i] = flats[int(i)][col]
-        values[~finite] = np.nan
-        out[name] = values
-    return out, finite
+    solved = solve_spectra(flats, sizes, n_samples, n_features, center=center, sample_sides=sample_sides)
+    return metrics_from_solved(solved, metrics)
 
 
 def compute_metrics(
