@@ -431,6 +431,7 @@ class ActivationCapture:
             log.info("hook_point=post: no nonlinearity follows %s; measured at their outputs", bare)
         self._mask_fn: Callable[..., torch.Tensor | None] | None = None
         self._mask_auto = padding_mask == "auto"
+        self._keyword_mask_possible = _may_take_attention_mask(model)  # read once: inspect is slow
         if self._mask_auto:
             self._mask_fn = _declared(model, "padding_mask")
         elif callable(padding_mask):
@@ -520,7 +521,7 @@ class ActivationCapture:
             self._handles = [
                 m.register_forward_hook(self._hook(n, fn)) for n, (m, fn, _) in self._hooks.items()
             ]
-            if self._mask_fn is not None or (self._mask_auto and _may_take_attention_mask(self.model)):
+            if self._mask_fn is not None or (self._mask_auto and self._keyword_mask_possible):
                 self._handles.append(
                     self.model.register_forward_pre_hook(self._root_pre_hook, with_kwargs=True)
                 )

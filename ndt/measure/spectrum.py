@@ -419,9 +419,8 @@ def solve_spectra(
 ) -> SolvedLayers:
     """Eigen-decompose L layers' Grams (batched by shape): the first half of `metrics_from_stats`.
 
-    The tracker solves each measurement as soon as it is taken on the CPU, while its Grams are still
-    in cache (measured: 12% less than solving a stack of 50 cold ones later), and evaluates the
-    metrics of a whole batch at once (`metrics_from_solved`). Arguments as `metrics_from_stats`.
+    Layers solved apart (say, one measurement at a time) join with `SolvedLayers.concat` before
+    `metrics_from_solved` evaluates every metric once for all. Arguments as `metrics_from_stats`.
     """
     n_layers = len(flats)
     # Estimated layers (size 0) bring their metric values; NaN values mean non-finite activations.

@@ -23,12 +23,12 @@ What happens at a measured step (a multiple of ``sampling_frequency``):
    it is copied asynchronously into a pinned host buffer from a bounded pool of reused ones, and the
    worker thread waits for the copy, so the training thread never waits (`ndt.measure.transfer`;
    a model spread over several devices makes one copy per device, into one host buffer).
-3. Spectra: on the CPU each measurement's Grams are eigen-decomposed right away, inline, while they
-   are still in cache (one LAPACK call per Gram shape; a second thread would only compete for the
-   same cores: torch's own second thread spins between operations), and only the eigenvalues are
-   kept; on CUDA the worker thread solves them. Every `flush_every` measurements the metrics of the
-   whole batch are evaluated at once (vectorised), the rows go to a `MetricsWriter` and reach disk
-   as one closed Parquet part.
+3. Spectra are solved in batches of `flush_every` measurements (one LAPACK call per Gram shape, every
+   metric vectorised over the batch), then the rows go to a `MetricsWriter` and reach disk as one
+   closed Parquet part. On CPU this happens inline (a second thread would only compete for the same
+   cores: torch's own second thread spins between operations); on CUDA on the worker thread. Solving
+   each measurement at once, while its Grams are in cache, was measured and is slower: limiting
+   OpenBLAS to one thread costs ~0.4 ms after torch work, once per solve.
 
 Between measured steps the hooks return at once: no copies, no synchronisation. At measured steps
 the training thread does not synchronise with a device either (on CUDA, on the worker path), except
@@ -86,7 +86,6 @@ from ndt.measure.series import layer_mean_series
 from ndt.measure.spectrum import (
     DERIVED_COLUMNS,
     GramStats,
-    SolvedLayers,
     flat_size,
     metrics_from_solved,
     solve_spectra,
@@ -152,7 +151,6 @@ class _Measurement:
     sample_side: list[bool]  # whether each layer's Gram is A A^T
     staged: Staged  # host float64 on its way: each layer's GramStats.pieces(), then loss, grad_norm
     values: np.ndarray | None = None  # the same once landed (`HighFrequencyTracker._land`)
-    solved: SolvedLayers | None = None  # its spectra, once solved (at once on the CPU inline path)
 
 
 class HighFrequencyTracker:
@@ -533,8 +531,6 @@ class HighFrequencyTracker:
         if self.background:
             self._submit(m)
         else:
-            if staged.buffer is None:  # on the host already: solve while its Grams are in cache
-                m.solved = self._solve_one(m)
             self._pending.append(m)
             if len(self._pending) >= self.flush_every:
                 self._solve_pending()
@@ -590,34 +586,40 @@ class HighFrequencyTracker:
         if w is not None and not w.thread.is_alive():
             raise RuntimeError("the spectra worker stopped; no measurement can be taken")
 
-    def _solve_one(self, m: _Measurement) -> SolvedLayers:
-        """Land one measurement and solve its spectra (waits for its copy only)."""
+    def _layer_flats(self, m: _Measurement) -> list[np.ndarray]:
+        """Land one measurement (waits for its copy only) and split its values into its layers'
+        statistics; its loss and grad norm stay in ``m.values`` (the last two values)."""
         flat = self._land(m)
         flats, offset = [], 0
         for size, side in zip(m.sizes, m.sample_side, strict=True):
             length = flat_size(size, side)
             flats.append(flat[offset : offset + length])
             offset += length
-        solved = solve_spectra(
-            flats, m.sizes, m.n_samples, m.n_features, center=self.center, sample_sides=m.sample_side
-        )
-        m.values = flat[offset:].copy()  # keep loss and grad norm only: the Grams may be large
-        return solved
+        return flats
 
     def _solve_pending(self) -> None:
-        """Solve the buffered measurements' spectra (those not solved yet), evaluate every metric of the
-        batch at once, write their rows, flush a part."""
+        """Solve the buffered measurements' spectra in one batch (one LAPACK call per Gram shape), evaluate
+        every metric of the batch at once, write their rows, flush a part."""
         batch, self._pending = self._pending, []
         if not batch:
             return
-        solved = [m.solved if m.solved is not None else self._solve_one(m) for m in batch]
+        flats = [f for m in batch for f in self._layer_flats(m)]
+        solved = solve_spectra(
+            flats,
+            [s for m in batch for s in m.sizes],
+            np.concatenate([m.n_samples for m in batch]),
+            np.concatenate([m.n_features for m in batch]),
+            center=self.center,
+            sample_sides=[side for m in batch for side in m.sample_side],
+        )
+        del flats
         n_layers = [len(m.sizes) for m in batch]
         n_samples = [m.n_samples for m in batch]
         n_features = [m.n_features for m in batch]
         # loss and grad norm: the two values after the layers' statistics (`_pieces`)
         losses = [float(self._land(m)[-2]) for m in batch]
         grad_norms = [float(self._land(m)[-1]) for m in batch]
-        values, finite = metrics_from_solved(SolvedLayers.concat(solved), self.metrics)
+        values, finite = metrics_from_solved(solved, self.metrics)
         layers = np.concatenate([np.asarray(m.layers, dtype=object) for m in batch])
         steps = np.repeat([m.step for m in batch], n_layers)
         for name, step in zip(layers[~finite], steps[~finite], strict=True):
