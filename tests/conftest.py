@@ -67,3 +67,18 @@ def import_extra(name: str, extra: str) -> Any:
     if os.environ.get("NDT_REQUIRE_EXTRAS") == "1":
         return importlib.import_module(name)
     return pytest.importorskip(name, reason=f"the {extra} extra is not installed: pip install 'ndt[{extra}]'")
+
+
+#: The short run the fault and GPU-path tests kill, resume and compare: 60 steps of mlp_narrow on
+#: digits, a checkpoint every 10, a measurement every 2, a Parquet part every 4 measurements.
+FAULT_TINY = (
+    "trainer.max_steps=60",
+    "trainer.checkpoint.every=10",
+    "trainer.log_every=10",
+    "trainer.num_threads=1",
+    "trainer.progress=log",
+    "trainer.device=cpu",
+    "tracker.sampling_frequency=2",
+    "tracker.flush_every=4",
+)
+FAULT_RUN = "mlp_narrow__digits__s0"

@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import FAULT_RUN as RUN
+from conftest import FAULT_TINY as TINY
 from conftest import REPO, subprocess_env
 from omegaconf import DictConfig
 
@@ -37,17 +39,6 @@ from ndt.storage.layout import DONE_MARKER, LOCK_FILE, RUN_KEYS, SET_ASIDE_DIR, 
 from ndt.storage.lock import RunLockedError, lock_holder, run_lock
 from ndt.storage.parquet import UnreadablePartError, list_parts, read_metrics
 
-TINY = (
-    "trainer.max_steps=60",
-    "trainer.checkpoint.every=10",
-    "trainer.log_every=10",
-    "trainer.num_threads=1",
-    "trainer.progress=log",
-    "trainer.device=cpu",
-    "tracker.sampling_frequency=2",
-    "tracker.flush_every=4",
-)
-RUN = "mlp_narrow__digits__s0"
 MEASURED_STEPS = list(range(0, 60, 2))
 FAULT_RUNNER = str(Path(__file__).resolve().parent / "fault_inject.py")
 

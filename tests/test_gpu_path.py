@@ -17,6 +17,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import FAULT_RUN as RUN
+from conftest import FAULT_TINY as TINY
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
@@ -29,19 +31,6 @@ from ndt.running.validation import check_config
 from ndt.storage.layout import LOCK_FILE, read_run_json
 from ndt.storage.parquet import read_metrics
 from ndt.storage.schema import METRIC_COLUMNS
-
-TINY = (
-    "trainer.max_steps=60",
-    "trainer.checkpoint.every=10",
-    "trainer.log_every=10",
-    "trainer.num_threads=1",
-    "trainer.progress=log",
-    "trainer.device=cpu",
-    "tracker.sampling_frequency=2",
-    "tracker.flush_every=4",
-)
-RUN = "mlp_narrow__digits__s0"
-
 
 # ------------------------------------------------------------------ the pool
 

@@ -1024,16 +1024,13 @@ def causal_section(
     See `ndt.analysis.causal`. The control replays the run a second time (`RunSource.replay`: for a run
     directory, from its nearest checkpoint) with the layers of the event's analysis.
     """
-    event = causal_table(
-        replay.before,
-        replay.after,
-        replay.probe,
-        replay.labels,
-        layers,
-        k=opts.k,
-        n_random=opts.draws,
-        seed=0,
-    )
+
+    def table(r: Replay) -> pd.DataFrame:
+        return causal_table(
+            r.before, r.after, r.probe, r.labels, layers, k=opts.k, n_random=opts.draws, seed=0
+        )
+
+    event = table(replay)
     control_pair = None
     control = None
     if opts.control:
@@ -1043,16 +1040,7 @@ def causal_section(
             c_replay = source.replay(
                 c_moments.steps_done, device, {"sequence_reduction": reduction, **capture_kw}, layers
             )
-            control = causal_table(
-                c_replay.before,
-                c_replay.after,
-                c_replay.probe,
-                c_replay.labels,
-                layers,
-                k=opts.k,
-                n_random=opts.draws,
-                seed=0,
-            )
+            control = table(c_replay)
     by_layer_control = {} if control is None else {r["layer"]: r for _, r in control.iterrows()}
     verdicts = {
         str(r["layer"]): layer_verdict(r, by_layer_control.get(r["layer"])) for _, r in event.iterrows()
