@@ -211,3 +211,27 @@ def test_tracker_results_carry_pr_eigen_corrected(tmp_path) -> None:
     np.testing.assert_allclose(df["pr_eigen_corrected"].to_numpy(), expected)
     assert (df["pr_eigen_corrected"] >= df["pr_eigen"]).all()  # the correction only raises it
     assert series.iloc[0] == pytest.approx(float(np.mean(expected)))
+
+
+def test_eigvalsh_batched_recovers_chosen_spectra_on_every_thread_count() -> None:
+    """Matrices Q diag(l) Q^T with spectra chosen by hand: split over threads or not, each matrix
+    gives back its own l (so the shares are put back in order)."""
+    from ndt.measure.spectrum import eigvalsh_batched
+
+    rng = np.random.default_rng(0)
+    m, g = 40, 12  # m >= 32 and >= 4 matrices per thread: the split is taken
+    spectra = np.sort(rng.uniform(0.0, 10.0, size=(g, m)), axis=1)
+    spectra[:, :5] = 0.0  # exact zeros, as a low-rank Gram has
+    spectra[3] = np.arange(m)  # one matrix easy to recognise
+    grams = np.empty((g, m, m))
+    for i in range(g):
+        q, _ = np.linalg.qr(rng.standard_normal((m, m)))
+        grams[i] = (q * spectra[i]) @ q.T
+    for threads in (1, 2, 3):
+        got = eigvalsh_batched(grams, threads=threads)
+        assert got.shape == (g, m)
+        np.testing.assert_allclose(got, spectra, atol=1e-12 * 10.0 * m)
+    # Too few or too small matrices to split: the same values from one call.
+    np.testing.assert_allclose(eigvalsh_batched(grams[:3], threads=2), spectra[:3], atol=1e-12 * 10.0 * m)
+    small = np.stack([np.diag([3.0, 1.0, 2.0])] * 9)
+    np.testing.assert_array_equal(eigvalsh_batched(small, threads=2), np.tile([1.0, 2.0, 3.0], (9, 1)))

@@ -253,3 +253,37 @@ def test_conv_rows_are_positions_by_default_and_spatial_means_on_request() -> No
             row = t.get_results().query("layer == '0'").iloc[0]
         shapes[reduction] = (row.n_samples, row.n_features)
     assert shapes == {"positions": (4 * 36, 8), "spatial_mean": (4, 8)}
+
+
+def test_inline_cpu_rows_match_the_svd_of_each_training_forward(tmp_path: Path) -> None:
+    """The CPU path keeps each forward's Grams as they are and solves a flush of them at once (split
+    over threads when there are enough: layers of side >= 32 here). Every row must be the metrics of
+    its own forward, computed apart by compute_metrics; the loss column is the value at log time,
+    even though the caller overwrites its loss tensor in place afterwards."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(48, 40), nn.ReLU(), nn.Linear(40, 36))
+    x_all = torch.randn(12, 64, 48, generator=torch.Generator().manual_seed(3))
+    expected: list[dict[str, dict[str, float]]] = []
+    loss = torch.zeros(())
+    with HighFrequencyTracker(model, 1, writer=tmp_path / "m", flush_every=10) as tracker:
+        for step, x in enumerate(x_all):
+            with torch.no_grad():
+                acts = {"0": model[0](x), "2": model[2](model[1](model[0](x)))}
+            expected.append(compute_metrics(acts))
+            with torch.enable_grad():
+                model(x)
+            loss.fill_(float(step) + 0.5)
+            tracker.log(step, loss, grad_norm=2.0 * step)
+            loss.fill_(-1.0)  # the caller reuses its tensor: the row keeps what it was at log time
+            with torch.no_grad():  # the weights move, so every step measures other activations
+                for p in model.parameters():
+                    p.mul_(0.9).add_(0.01)
+    rows = read_metrics(tmp_path / "m").sort_values(["step", "layer_index"])
+    assert len(rows) == 24
+    for step in range(12):
+        for layer in ("0", "2"):
+            row = rows[(rows["step"] == step) & (rows["layer"] == layer)].iloc[0]
+            for metric, value in expected[step][layer].items():
+                assert row[metric] == pytest.approx(value, rel=1e-9, abs=1e-9), (step, layer, metric)
+            assert row["loss"] == step + 0.5
+            assert row["grad_norm"] == 2.0 * step

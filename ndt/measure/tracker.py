@@ -22,9 +22,10 @@ What happens at a measured step (a multiple of ``sampling_frequency``):
    device (a Python-float loss is written there by a fill kernel, not copied from the host); on CUDA
    it is copied asynchronously into a pinned host buffer from a bounded pool of reused ones, and the
    worker thread waits for the copy, so the training thread never waits (`ndt.measure.transfer`;
-   a model spread over several devices makes one copy per device, into one host buffer).
-3. Spectra are solved in batches of `flush_every` measurements (one LAPACK call per Gram shape, every
-   metric vectorised over the batch), then the rows go to a `MetricsWriter` and reach disk as one
+   a model spread over several devices makes one copy per device, into one host buffer). A model on
+   the CPU solved inline skips this step: its Grams are host tensors already and are kept as they are.
+3. Spectra are solved in batches of `flush_every` measurements (one LAPACK call per Gram shape and
+   thread, `ndt.measure.spectrum.eigvalsh_batched`, every metric vectorised over the batch), then the rows go to a `MetricsWriter` and reach disk as one
    closed Parquet part. On CPU this happens inline (a second thread would only compete for the same
    cores: torch's own second thread spins between operations); on CUDA on the worker thread. Solving
    each measurement at once, while its Grams are in cache, was measured and is slower: limiting
@@ -93,7 +94,7 @@ from ndt.measure.spectrum import (
     with_derived_columns,
 )
 from ndt.measure.transfer import PINNED_BUFFERS, BufferPool, Staged, stage
-from ndt.storage.parquet import MetricsWriter
+from ndt.storage.parquet import FLUSH_EVERY, MetricsWriter
 from ndt.storage.schema import METRIC_COLUMNS
 
 log = logging.getLogger(__name__)
@@ -138,7 +139,12 @@ class RowSink(Protocol):
 
 @dataclass
 class _Measurement:
-    """One measurement waiting for its spectra; its values are read through `staged` (`_land`)."""
+    """One measurement waiting for its spectra.
+
+    Its values are on the host from the start (``flats``, ``scalars``: a CPU measurement solved
+    inline), or on their way there through ``staged`` until `HighFrequencyTracker._land` reads
+    them into those fields.
+    """
 
     step: int
     epoch: int
@@ -149,8 +155,9 @@ class _Measurement:
     n_features: np.ndarray  # (L,) int32
     sizes: list[int]  # Gram side m of each layer
     sample_side: list[bool]  # whether each layer's Gram is A A^T
-    staged: Staged  # host float64 on its way: each layer's GramStats.pieces(), then loss, grad_norm
-    values: np.ndarray | None = None  # the same once landed (`HighFrequencyTracker._land`)
+    staged: Staged | None  # host float64 on its way: each layer's GramStats.pieces(), then loss, grad_norm
+    flats: list[np.ndarray] | None = None  # (L,) each layer's statistics, `GramStats.pieces` layout
+    scalars: np.ndarray | None = None  # (2,) float64: loss, grad norm
 
 
 class HighFrequencyTracker:
@@ -215,7 +222,7 @@ class HighFrequencyTracker:
         exact_max_size: int | None = EXACT_MAX_SIZE,
         hook_point: HookPoint | str = "pre",
         padding_mask: PaddingMask | str = "auto",
-        flush_every: int = 50,
+        flush_every: int = FLUSH_EVERY,
         background: bool | None = None,
         elapsed: float = 0.0,
         loggers: Sequence[RowSink] = (),
@@ -320,9 +327,13 @@ class HighFrequencyTracker:
         measured = self.is_measured_step(step)
         if measured:
             self._measure(step, loss, grad_norm)
-        # Arm the hooks for the next forward only when the next step (step + 1) is measured.
-        self.capture.clear()
-        self.capture.enabled = self.probe is None and self.is_measured_step(step + 1)
+        # Arm the hooks for the next forward only when the next step (step + 1) is measured. Most
+        # steps have nothing to clear or change: they return here after a few attribute reads.
+        arm = self.probe is None and self.is_measured_step(step + 1)
+        cap = self.capture
+        if measured or arm or cap.enabled or cap.activations:
+            cap.clear()
+            cap.enabled = arm
         return measured
 
     def prepare(self, step: int) -> None:
@@ -514,7 +525,19 @@ class HighFrequencyTracker:
             grad_norm = self._grad_norm()
         names = [n for n in self.capture.layer_names if n in stats]
         ordered = [stats[n] for n in names]
-        staged = self._stage(self._pieces(ordered, loss, grad_norm))
+        pieces = [s.pieces() for s in ordered]
+        if self.background or any(p.device.type != "cpu" for ps in pieces for p in ps):
+            staged = self._stage(
+                [*(p for ps in pieces for p in ps), *self._scalars(loss, grad_norm, ordered)]
+            )
+            flats, scalars = None, None
+        else:
+            # On the host already, solved on this thread: the Grams themselves are the values (each
+            # a tensor of its own, which nothing else holds); no copy until the solve's one stack.
+            # Loss and grad norm are copied (torch.cat), so that the caller's tensors may change.
+            staged = None
+            flats = [(ps[0] if len(ps) == 1 else torch.cat(ps)).numpy() for ps in pieces]
+            scalars = torch.cat(self._scalars(loss, grad_norm, ordered)).numpy()
         m = _Measurement(
             step=int(step),
             epoch=self.epoch,
@@ -526,6 +549,8 @@ class HighFrequencyTracker:
             sizes=[s.size for s in ordered],
             sample_side=[s.sample_side for s in ordered],
             staged=staged,
+            flats=flats,
+            scalars=scalars,
         )
         self.n_measurements += 1
         if self.background:
@@ -536,8 +561,8 @@ class HighFrequencyTracker:
                 self._solve_pending()
 
     @staticmethod
-    def _pieces(stats: list[GramStats], loss: Any, grad_norm: Any) -> list[torch.Tensor]:
-        """Every layer's statistics, then loss and grad norm: 1-D float64 tensors, each on its device."""
+    def _scalars(loss: Any, grad_norm: Any, stats: list[GramStats]) -> list[torch.Tensor]:
+        """Loss and grad norm as (1,) float64 tensors on a device, to follow the layers' pieces."""
         device = stats[-1].gram.device
 
         def scalar(v: Any) -> torch.Tensor:
@@ -548,33 +573,37 @@ class HighFrequencyTracker:
             # blocks the host until the device has caught up.
             return torch.full((1,), math.nan if v is None else float(v), dtype=torch.float64, device=device)
 
-        return [*(p for s in stats for p in s.pieces()), scalar(loss), scalar(grad_norm)]
+        return [scalar(loss), scalar(grad_norm)]
 
     def _stage(self, pieces: list[torch.Tensor]) -> Staged:
-        """Start a measurement's one transfer to the host (see `ndt.measure.transfer`).
-
-        Inline on the CPU: the pieces are concatenated, nothing else. Otherwise (a device, or the worker
-        path) they go into a buffer of the bounded pool: the worker path waits for the worker to free
-        one when all are in use; the inline path reads its own pending measurements to free them.
-        """
-        on_device = [p.device.type for p in pieces if p.device.type != "cpu"]
-        if not (self.background or on_device):
-            return stage(pieces, None)
+        """Start a measurement's one transfer to the host (see `ndt.measure.transfer`), into a buffer
+        of the bounded pool: the worker path waits for the worker to free one when all are in use; the
+        inline path reads its own pending measurements to free them."""
         if self._pool is None:
-            self._pool = BufferPool(PINNED_BUFFERS, pin="cuda" in on_device)
+            self._pool = BufferPool(PINNED_BUFFERS, pin=any(p.device.type == "cuda" for p in pieces))
         if self.background:
             return stage(pieces, self._pool, on_wait=self._check_worker)
         return stage(pieces, self._pool, reclaim=self._land_pending)
 
-    def _land(self, m: _Measurement) -> np.ndarray:
-        """A measurement's values on the host (waits for its copies; frees its pool buffer)."""
-        if m.values is None:
-            m.values = m.staged.land()
-        return m.values
+    def _land(self, m: _Measurement) -> tuple[list[np.ndarray], np.ndarray]:
+        """A measurement's values on the host (waits for its copies; frees its pool buffer): each
+        layer's statistics, and (2,) loss and grad norm."""
+        if m.flats is None:
+            assert m.staged is not None
+            flat = m.staged.land()
+            flats, offset = [], 0
+            for size, side in zip(m.sizes, m.sample_side, strict=True):
+                length = flat_size(size, side)
+                flats.append(flat[offset : offset + length])
+                offset += length
+            m.flats, m.scalars = flats, flat[offset : offset + 2]
+            m.staged = None
+        assert m.scalars is not None  # set with flats
+        return m.flats, m.scalars
 
     def _land_pending(self) -> int:
         """Land every pending measurement still holding a pool buffer; return how many there were."""
-        held = [m for m in self._pending if m.values is None and m.staged.buffer is not None]
+        held = [m for m in self._pending if m.staged is not None and m.staged.buffer is not None]
         for m in held:
             self._land(m)
         return len(held)
@@ -586,24 +615,15 @@ class HighFrequencyTracker:
         if w is not None and not w.thread.is_alive():
             raise RuntimeError("the spectra worker stopped; no measurement can be taken")
 
-    def _layer_flats(self, m: _Measurement) -> list[np.ndarray]:
-        """Land one measurement (waits for its copy only) and split its values into its layers'
-        statistics; its loss and grad norm stay in ``m.values`` (the last two values)."""
-        flat = self._land(m)
-        flats, offset = [], 0
-        for size, side in zip(m.sizes, m.sample_side, strict=True):
-            length = flat_size(size, side)
-            flats.append(flat[offset : offset + length])
-            offset += length
-        return flats
-
     def _solve_pending(self) -> None:
         """Solve the buffered measurements' spectra in one batch (one LAPACK call per Gram shape), evaluate
         every metric of the batch at once, write their rows, flush a part."""
         batch, self._pending = self._pending, []
         if not batch:
             return
-        flats = [f for m in batch for f in self._layer_flats(m)]
+        landed = [self._land(m) for m in batch]
+        flats = [f for layer_flats, _ in landed for f in layer_flats]
+        scalars = np.array([sc for _, sc in landed])  # (B, 2): loss, grad norm
         solved = solve_spectra(
             flats,
             [s for m in batch for s in m.sizes],
@@ -616,9 +636,6 @@ class HighFrequencyTracker:
         n_layers = [len(m.sizes) for m in batch]
         n_samples = [m.n_samples for m in batch]
         n_features = [m.n_features for m in batch]
-        # loss and grad norm: the two values after the layers' statistics (`_pieces`)
-        losses = [float(self._land(m)[-2]) for m in batch]
-        grad_norms = [float(self._land(m)[-1]) for m in batch]
         values, finite = metrics_from_solved(solved, self.metrics)
         layers = np.concatenate([np.asarray(m.layers, dtype=object) for m in batch])
         steps = np.repeat([m.step for m in batch], n_layers)
@@ -640,8 +657,8 @@ class HighFrequencyTracker:
             "layer_index": np.concatenate([m.layer_index for m in batch]),
             "n_samples": np.concatenate(n_samples),
             "n_features": np.concatenate(n_features),
-            "loss": np.repeat(losses, n_layers),
-            "grad_norm": np.repeat(grad_norms, n_layers),
+            "loss": np.repeat(scalars[:, 0], n_layers),
+            "grad_norm": np.repeat(scalars[:, 1], n_layers),
             **{name: values.get(name, not_computed) for name in METRIC_COLUMNS},
             "wall_time": np.repeat([m.wall_time for m in batch], n_layers),
         }
@@ -743,7 +760,7 @@ class _Worker:
                 if self.error is not None:
                     # Keep consuming, so that _drain's join() returns and a training thread waiting for
                     # a buffer gets one; the error is re-raised on that thread.
-                    if isinstance(m, _Measurement):
+                    if isinstance(m, _Measurement) and m.staged is not None:
                         m.staged.release()
                     continue
                 tracker = self._tracker()

@@ -119,6 +119,11 @@ def rows_to_table(columns: Mapping[str, Sequence[object] | np.ndarray]) -> pa.Ta
     return pa.Table.from_arrays(arrays, schema=METRICS_SCHEMA)
 
 
+#: Measurements per Parquet part by default: a crash loses at most this many (the tracker also solves
+#: their spectra together). conf/tracker/default.yaml repeats the value for the runner, where it is set.
+FLUSH_EVERY = 50
+
+
 class MetricsWriter:
     """Buffered writer of metric rows; thread-safe.
 
@@ -136,7 +141,7 @@ class MetricsWriter:
     def __init__(
         self,
         path: str | os.PathLike[str] | None,
-        flush_every: int = 50,
+        flush_every: int = FLUSH_EVERY,
         *,
         resume_after_step: int | None = None,
     ) -> None:
