@@ -79,25 +79,9 @@ class OverheadRow:
 def _train(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int, steps: int, tracked: bool
 ) -> float:
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    n = x.shape[0]
-    sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
+    """Seconds of one run of `steps` steps, tracked or not (tracker made and closed inside the timing)."""
     with tempfile.TemporaryDirectory() as tmp:
-        sync()
-        t0 = time.perf_counter()
-        tracker = HighFrequencyTracker(model, SAMPLING_FREQUENCY, writer=f"{tmp}/m") if tracked else None
-        for step in range(steps):
-            lo = (step * batch) % (n - batch)
-            loss = nn.functional.cross_entropy(model(x[lo : lo + batch]), y[lo : lo + batch])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if tracker is not None:
-                tracker.log(step, loss.detach())
-        if tracker is not None:
-            tracker.close()  # flushing included
-        sync()
-        return time.perf_counter() - t0
+        return sum(_chunks(model, x, y, batch, steps, steps, f"{tmp}/m" if tracked else None))
 
 
 def _eig_floor(
