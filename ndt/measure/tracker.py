@@ -25,8 +25,8 @@ What happens at a measured step (a multiple of ``sampling_frequency``):
    a model spread over several devices makes one copy per device, into one host buffer). A model on
    the CPU solved inline skips this step: its Grams are host tensors already and are kept as they are.
 3. Spectra are solved in batches of `flush_every` measurements (one LAPACK call per Gram shape and
-   thread, `ndt.measure.spectrum.eigvalsh_batched`, every metric vectorised over the batch), then the rows go to a `MetricsWriter` and reach disk as one
-   closed Parquet part. On CPU this happens inline (a second thread would only compete for the same
+   thread, `ndt.measure.spectrum.eigvalsh_batched`; every metric vectorised over the batch), then
+   the rows go to a `MetricsWriter` and reach disk as one closed Parquet part. On CPU this happens inline (a second thread would only compete for the same
    cores: torch's own second thread spins between operations); on CUDA on the worker thread. Solving
    each measurement at once, while its Grams are in cache, was measured and is slower: limiting
    OpenBLAS to one thread costs ~0.4 ms after torch work, once per solve.

@@ -140,8 +140,7 @@ class Staged:
 
     Attributes:
         host: (N,) float64 host tensor; valid once `wait` returns.
-        buffer: the pool buffer `host` is a view of, None when not pooled (a CPU measurement solved
-            inline: `host` is then its own tensor, valid at once).
+        buffer: the pool buffer `host` is a view of; None once given back (`release`).
         pool: where `buffer` goes back.
         events: one per CUDA copy, recorded on that device's stream behind the copy.
     """
@@ -166,8 +165,8 @@ class Staged:
     def land(self) -> np.ndarray:
         """Wait, take the values as a numpy array of the caller's own, and return the buffer to the pool."""
         self.wait()
-        if self.buffer is None:
-            return self.host.numpy()
+        if self.buffer is None:  # its buffer may already hold another measurement's values
+            raise RuntimeError("this staged measurement was already landed or released")
         values = self.host.numpy().copy()  # the buffer is reused by the next measurement
         self.release()
         return values
@@ -193,7 +192,7 @@ def device_runs(pieces: Sequence[torch.Tensor]) -> list[tuple[torch.device, list
 
 def stage(
     pieces: Sequence[torch.Tensor],
-    pool: BufferPool | None,
+    pool: BufferPool,
     reclaim: Callable[[], int] | None = None,
     on_wait: Callable[[], None] | None = None,
 ) -> Staged:
@@ -201,18 +200,14 @@ def stage(
 
     Args:
         pieces: 1-D float64 tensors, each on any device.
-        pool: where the host buffer comes from; None only when every piece is on the CPU (they are
-            then concatenated into a tensor of their own, nothing is copied twice).
+        pool: where the host buffer comes from. (A CPU measurement solved inline is not staged at
+            all: the tracker keeps its host tensors as they are.)
         reclaim, on_wait: passed to `BufferPool.acquire`.
 
     Returns:
         The staged values (`Staged.host` holds them once `Staged.wait` returns).
     """
     runs = [(d, p[0] if len(p) == 1 else torch.cat(p)) for d, p in device_runs(pieces)]
-    if pool is None:
-        if any(d.type != "cpu" for d, _ in runs):
-            raise ValueError("pieces on a device need a BufferPool to be staged")
-        return Staged(host=torch.cat([t for _, t in runs]) if len(runs) != 1 else runs[0][1])
     total = sum(t.numel() for _, t in runs)
     buffer = pool.acquire(total, reclaim=reclaim, on_wait=on_wait)
     host = buffer[:total]
