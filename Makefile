@@ -55,6 +55,12 @@ bench: install ## print the benchmarks measured in one run (kernel, overhead, ru
 bench-gpu: ## the GPU figures in < 5 min on a CUDA machine: tracking overhead (incl. GPT-2 small), study run time, projected paper sweep with runs at once (refuses without CUDA)
 	VENV=$(VENV) scripts/bench_gpu.sh
 
+gpu-wheels: install-integrations ## here, before a GPU check on an offline CUDA machine: the wheels it lacks (Hydra, OmegaConf, submitit, Captum) into .whl
+	VENV=$(VENV) scripts/gpu_wheels.sh
+
+gpu-check: ## on a CUDA machine, in ~8 min: the CUDA tests, then bench-gpu (offline from .whl when there is no venv); logs in results/gpu_check
+	VENV=$(VENV) scripts/gpu_check.sh
+
 tables: install ## regenerate the appendix tables of SWEEP (default results/paper) into SWEEP/tables
 	$(PY) -m ndt.tables $(SWEEP)
 
@@ -86,4 +92,4 @@ clean: ## remove caches and build files (keeps results/ and .venv)
 	rm -rf .pytest_cache .mypy_cache .ruff_cache build dist *.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
-.PHONY: help install install-integrations run smoke sweep test test-fast lint format bench bench-gpu tables status view investigate import-legacy validate-detector validate validate-slow validate-causal clean
+.PHONY: help install install-integrations run smoke sweep test test-fast lint format bench bench-gpu gpu-wheels gpu-check tables status view investigate import-legacy validate-detector validate validate-slow validate-causal clean

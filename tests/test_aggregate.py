@@ -204,6 +204,16 @@ def test_family_table_by_hand() -> None:
     assert fam["jumps_mean_ci_low"].isna().all() and fam["jumps_mean_ci_high"].isna().all()
 
 
+def test_families_are_ordered_as_the_registry_then_alphabetically() -> None:
+    from typing import get_args
+
+    from ndt.models.registry import Family
+
+    assert get_args(Family) == build.FAMILY_ORDER  # one order: the tables' is written out, not imported
+    got = build.ordered_families(["vit", "legacy_x", "lm", "mlp", "resnet", "a_imported", "cnn", "mlp"])
+    assert got == ["mlp", "cnn", "resnet", "vit", "lm", "a_imported", "legacy_x"]
+
+
 def test_single_seed_tables_have_no_intervals() -> None:
     df = per_run_frame([HAND_RUNS[0], *HAND_RUNS[2:]])
     assert not any(c.endswith("_ci_low") for c in build.family_table(df).columns)

@@ -1,5 +1,6 @@
 """The CUDA path: the worker and its pinned-buffer pool, equality with the CPU on every metric, no host
-synchronisation in the training loop, a model on two GPUs, trainer.tf32/deterministic applied.
+synchronisation in the training loop (also after a resume), a model on two GPUs, trainer.tf32/deterministic
+applied.
 
 Every test here needs a CUDA device and is skipped without one (the CPU side of the same logic is
 tested in tests/test_gpu_path.py). Run them on a GPU machine: ``pytest -q tests/test_cuda.py``.
@@ -149,6 +150,34 @@ def test_training_loop_makes_no_host_sync_between_checkpoints(
         torch.cuda.set_sync_debug_mode(0)
     assert record["status"] == "complete", record.get("error")
     assert record["n_measurements"] == 12
+
+
+def test_a_resumed_run_keeps_adams_step_counters_on_the_host(
+    compose_cfg: Callable[..., DictConfig], tmp_path: Any
+) -> None:
+    """A checkpoint restored on CUDA trains on without host syncs (Adam reads a CUDA step counter with
+    .item() every step: `restore` must leave the counters where a fresh Adam keeps them)."""
+    from ndt.running.checkpoint import load_checkpoint, save_checkpoint
+
+    cfg = compose_cfg("arch=mlp_narrow", "trainer.device=cuda")
+    with numerics(tf32=False, deterministic=True, device=CUDA):
+        state = train.build_training(cfg, CUDA)
+        for _ in range(3):
+            train.training_step(state)
+        path = save_checkpoint(tmp_path, 3, train.checkpoint_payload(state, 3, 0.0))
+        resumed = train.build_training(cfg, CUDA)
+        train.restore(resumed, load_checkpoint(path))
+        counters = [s["step"] for s in resumed.optimizer.state.values()]
+        assert counters and all(c.device.type == "cpu" for c in counters)
+        assert all(p.device.type == "cuda" for p in resumed.model.parameters())
+        train.training_step(resumed)  # warm: the first step after a restore allocates
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            for _ in range(3):
+                train.training_step(resumed)
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
 
 
 class TwoDevices(nn.Module):

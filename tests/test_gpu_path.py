@@ -9,6 +9,7 @@ from __future__ import annotations
 import shutil
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -370,6 +371,59 @@ def test_numerics_are_applied_recorded_and_restored(
     assert fast["float32_matmul_precision"] == "high"
     assert seen == {"tf32": True, "cudnn_tf32": True, "benchmark": True}
     assert torch.backends.cuda.matmul.allow_tf32 is False
+
+
+def _put_alert() -> None:
+    """One op that torch alerts about under deterministic algorithms, on the CPU too (put_)."""
+    torch.zeros(5).put_(torch.tensor([0, 0]), torch.tensor([1.0, 2.0]))
+
+
+def test_nondeterministic_ops_are_collected_and_shown_once_per_block() -> None:
+    from ndt.running.numerics import nondeterministic_ops
+
+    before = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    )
+    try:
+        for _ in range(2):  # a second block sees the alert again (no once-per-process registry)
+            with warnings.catch_warnings(record=True) as shown, nondeterministic_ops() as seen:
+                torch.use_deterministic_algorithms(True, warn_only=True)
+                for _ in range(3):
+                    _put_alert()
+                warnings.warn("an unrelated warning", UserWarning, stacklevel=1)
+            assert seen == {"put_"}
+            texts = [str(w.message) for w in shown]
+            assert sum("put_ does not have a deterministic" in t for t in texts) == 1
+            assert "an unrelated warning" in texts
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+
+
+def test_run_json_lists_the_ops_torch_alerted_about(
+    compose_cfg: Callable[..., DictConfig], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    step_fn = train.training_step
+
+    def training_step(state: Any) -> torch.Tensor:
+        # torch checks determinism only where ndt turns it on (CUDA): turned on here for the one op
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        try:
+            _put_alert()
+        finally:
+            torch.use_deterministic_algorithms(False)
+        return step_fn(state)
+
+    short = ("trainer.max_steps=10", "trainer.checkpoint.every=10", "trainer.log_every=10")
+    assert train.run_experiment(compose_cfg(*short, "sweep_name=quiet"))["nondeterministic_ops"] == []
+    monkeypatch.setattr(train, "training_step", training_step)
+    with pytest.warns(UserWarning, match="put_ does not have a deterministic"):
+        record = train.run_experiment(compose_cfg(*short))
+    assert record["status"] == "complete" and record["nondeterministic_ops"] == ["put_"]
+    on_disk = read_run_json(train.run_dir_for(compose_cfg(*short)))
+    assert on_disk["nondeterministic_ops"] == ["put_"]
+    assert on_disk["segments"][-1]["nondeterministic_ops"] == ["put_"]
+    assert "nondeterministic_ops" not in on_disk["numerics"]  # segments compare numerics on resume
 
 
 def test_numerics_options_are_validated_and_not_in_the_signature(

@@ -173,7 +173,7 @@ class DistributedContext:
         stats: dict[str, GramStats],
         names: list[str],
         loss: Any,
-        grad_sq: torch.Tensor | None,
+        grad_sq: float | torch.Tensor | None,
         device: torch.device,
         with_stats: bool,
         center: bool = False,
@@ -184,7 +184,8 @@ class DistributedContext:
             stats: this rank's {layer: feature-side statistics} (ignored when `with_stats` is False).
             names: the layers to reduce, in model order (the same on every rank).
             loss: this rank's loss (a number, a tensor, or None).
-            grad_sq: this rank's `grad_sq_contribution`, or None.
+            grad_sq: this rank's share of the squared gradient norm (`grad_sq_contribution`, or the
+                caller's norm squared over the world size), a number or a tensor; or None.
             device: where the buffer lives (the model's device: NCCL needs CUDA tensors).
             with_stats: reduce the statistics too (no probe); False: only loss and gradient norm.
             center: return the global batch's column-centred statistics (A^T A - N mu mu^T, the rank-one
@@ -198,7 +199,9 @@ class DistributedContext:
             v = math.nan if v is None else v
             if isinstance(v, torch.Tensor):
                 return v.detach().to(device=device, dtype=torch.float64).reshape(1)
-            return torch.tensor([float(v)], dtype=torch.float64, device=device)
+            # A fill on the device, not torch.tensor(..., device=): that copies from pageable host
+            # memory and blocks, once per layer.
+            return torch.full((1,), float(v), dtype=torch.float64, device=device)
 
         pieces: list[torch.Tensor] = []
         if with_stats:
@@ -215,12 +218,19 @@ class DistributedContext:
         out = stats
         offset = 0
         if with_stats:
-            out = {}
+            # Every layer's global row count in one read: one host sync per measurement, not per layer.
+            count_at, at = [], 0
             for name in names:
+                k = stats[name].n_features
+                count_at.append(at + k * k + k)
+                at += k * k + k + 1
+            counts = buf[torch.tensor(count_at, device=buf.device)].tolist() if names else []
+            out = {}
+            for name, total in zip(names, counts, strict=True):
                 k = stats[name].n_features
                 gram = buf[offset : offset + k * k].reshape(k, k)
                 colsum = buf[offset + k * k : offset + k * k + k]
-                n_total = round(float(buf[offset + k * k + k]))  # a host sync, at a measured step only
+                n_total = round(total)
                 offset += k * k + k + 1
                 mean = colsum / max(n_total, 1)
                 if center:

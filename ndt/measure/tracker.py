@@ -500,9 +500,13 @@ class HighFrequencyTracker:
             # Every rank is here at the same step: one all-reduce, then only rank 0 goes on.
             probe = self.probe is not None
             names = [n for n in self.capture.layer_names if n in stats]
-            grad_sq = self.dist.grad_sq_contribution(self.model) if grad_norm is None else None
-            if grad_norm is not None:
-                grad_sq = torch.as_tensor(grad_norm, dtype=torch.float64) ** 2 / self.dist.world_size
+            # The caller's grad norm squared as it came (a number, or a tensor on its device): `reduce`
+            # writes it into the buffer on the device without a blocking copy of a host tensor.
+            grad_sq = (
+                self.dist.grad_sq_contribution(self.model)
+                if grad_norm is None
+                else grad_norm**2 / self.dist.world_size
+            )
             device = next((p.device for p in self.model.parameters()), torch.device("cpu"))
             stats, loss, grad_norm = self.dist.reduce(
                 stats, names, loss, grad_sq, device, with_stats=not probe, center=self.center

@@ -153,9 +153,9 @@ class Staged:
     def wait(self) -> None:
         """Block until every copy has landed (on the thread that reads, never the training thread).
 
-        Polls the events rather than synchronising on them: a query is never a host-device
-        synchronisation (`torch.cuda.set_sync_debug_mode` does not see the worker), and the GIL is
-        free for the training thread between polls.
+        Polls the events rather than synchronising on them: a query never blocks the device's
+        stream, and the GIL is free for the training thread between polls. (The sync debug mode is
+        process-wide, so the worker is checked too: it must not copy to the host blocking either.)
         """
         for event in self.events:
             while not event.query():

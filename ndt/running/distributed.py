@@ -86,6 +86,9 @@ def init_strategy(strategy: str, device_name: str) -> str:
     cuda = device_name.startswith("cuda") or (device_name == "auto" and torch.cuda.is_available())
     if cuda:
         device_name = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+        # Each rank's current device its own GPU before NCCL starts: otherwise every rank opens a
+        # context on GPU 0 and NCCL's barriers and object collectives run there.
+        torch.cuda.set_device(torch.device(device_name))
     if not torch.distributed.is_initialized():
         torch.distributed.init_process_group("nccl" if cuda else "gloo")
         atexit.register(

@@ -15,6 +15,12 @@ runs sharing a process (tests, benchmarks, a reused launcher worker) do not inhe
   takes effect for cuBLAS handles created after it, so set it in the environment when one process
   runs several CUDA runs). ``false`` lets cuDNN pick the fastest algorithm per shape.
 
+With ``warn_only`` such an op runs its non-deterministic kernel: `nondeterministic_ops` collects the
+alerts of a run, and ``run.json``'s numerics list them (``nondeterministic_ops``), so that a run
+recorded as deterministic says where it was not (memory-efficient attention's backward, for one,
+keeps its non-deterministic split-key path unless ``warn_only`` is off; failing the run instead would
+refuse models whose ops have no deterministic CUDA kernel, such as adaptive average pooling's backward).
+
 On the CPU neither changes anything: torch's CPU kernels are deterministic for a given thread count,
 so `use_deterministic_algorithms` (which also fills every new tensor, a cost for nothing there) is left
 off and only the (inert) backend flags are set and recorded.
@@ -30,6 +36,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -72,6 +80,44 @@ def apply_numerics(tf32: bool, deterministic: bool, device: torch.device) -> dic
     enable = on_cuda and bool(deterministic)
     torch.use_deterministic_algorithms(enable, warn_only=enable)
     return current_numerics()
+
+
+#: How torch words a determinism alert in warn_only mode: "<op> does not have a deterministic
+#: implementation, but you set ..." (ATen's alertNotDeterministic), or an op's own notice that it
+#: "defaults to a non-deterministic algorithm" (memory-efficient attention).
+_ALERT = re.compile(r"^(?P<op>.+?) does not have a deterministic implementation|non-deterministic algorithm")
+
+
+@contextlib.contextmanager
+def nondeterministic_ops() -> Iterator[set[str]]:
+    """The ops that raised a determinism alert in the block (a set, filled as they happen).
+
+    Each alert is recorded (the op's name, or the notice's first sentence) and shown once per block;
+    other warnings pass through unchanged. Warnings torch itself issues only once per process are
+    seen by the first block they occur in.
+    """
+    seen: set[str] = set()
+    with warnings.catch_warnings():
+        previous = warnings.showwarning
+        # "always": Python's once-per-location registry would hide an alert already shown by an
+        # earlier run in this process; the set below shows each one once per block instead.
+        warnings.filterwarnings("always", message=".*deterministic", category=UserWarning)
+
+        def show(
+            message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None
+        ) -> None:
+            text = str(message)
+            match = _ALERT.search(text)
+            if match is None:
+                previous(message, category, filename, lineno, file, line)
+                return
+            key = match.group("op") or text.split(".")[0]
+            if key not in seen:
+                seen.add(key)
+                previous(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = show
+        yield seen
 
 
 @contextlib.contextmanager

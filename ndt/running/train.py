@@ -47,7 +47,7 @@ from ndt.running.checkpoint import (
     prune_checkpoints,
     save_checkpoint,
 )
-from ndt.running.numerics import apply_numerics, numerics
+from ndt.running.numerics import apply_numerics, nondeterministic_ops, numerics
 from ndt.running.validation import validate_config
 from ndt.storage.durable import unlink_durably
 from ndt.storage.layout import (
@@ -532,6 +532,12 @@ def cuda_reseed(seed: int, steps_done: int) -> int:
 def restore(state: TrainingState, payload: dict[str, Any], seed: int = 0) -> None:
     """Load a checkpoint payload into `state` (model, optimizer, data position, RNG).
 
+    Load the payload to host memory (`load_checkpoint`'s default): the model's and the optimizer's
+    `load_state_dict` copy each tensor to its parameter's device, except the optimizer's ``step``
+    counters, which stay where they were loaded. On the GPU, Adam (not capturable, not fused) reads
+    a counter it finds there with ``.item()`` every step: two host syncs per parameter and step.
+    Counters loaded to the host stay where a fresh Adam keeps them.
+
     On CUDA the checkpoint's CUDA RNG state is restored; a checkpoint taken on the CPU has none, and
     the CUDA generator is then seeded with `cuda_reseed` (deterministic, with a warning: dropout
     draws differ from those of an uninterrupted CUDA run).
@@ -583,7 +589,7 @@ def restore_at(run_dir: str | Path, steps_done: int, device: str | torch.device 
     start = 0
     if usable:
         start, path = usable[-1]
-        restore(state, load_checkpoint(path, map_location=state.device), seed=int(cfg.seed))
+        restore(state, load_checkpoint(path), seed=int(cfg.seed))
     state.model.train()
     for _ in range(start, steps_done):
         training_step(state)
@@ -635,14 +641,23 @@ def warn_if_mixed(run_name_: str, segments: list[dict[str, Any]]) -> None:
             )
 
 
+def record_nondeterminism(record: dict[str, Any], alerts: set[str]) -> None:
+    """Put the ops that raised determinism alerts (`ndt.running.numerics.nondeterministic_ops`) in the
+    record: this process's in its segment, every segment's together in ``nondeterministic_ops``
+    (empty: nothing was reported; on the CPU torch's checks are off and nothing is)."""
+    segments = record.get("segments") or []
+    if segments:
+        segments[-1]["nondeterministic_ops"] = sorted(alerts)
+    earlier = {op for seg in segments for op in seg.get("nondeterministic_ops", ())}
+    record["nondeterministic_ops"] = sorted(earlier | alerts)
+
+
 def json_key(value: Any) -> str:
     """A hashable, order-independent text of a JSON value (to compare segment fields)."""
     return json.dumps(value, sort_keys=True, default=str)
 
 
-def find_resume_point(
-    run_dir: Path, cfg: DictConfig, device: torch.device
-) -> tuple[int, dict[str, Any] | None, int | None]:
+def find_resume_point(run_dir: Path, cfg: DictConfig) -> tuple[int, dict[str, Any] | None, int | None]:
     """Where an interrupted run continues, after setting aside what a crash damaged.
 
     1. Metric parts that do not read are moved to ``set_aside/metrics/`` (warned, by name).
@@ -667,7 +682,8 @@ def find_resume_point(
         on_disk = set(read_metrics(metrics_dir, columns=["step"])["step"].unique().tolist())
     freq, max_steps = int(cfg.tracker.sampling_frequency), int(cfg.trainer.max_steps)
     first_missing = next((s for s in range(0, max_steps, freq) if s not in on_disk), max_steps)
-    found = latest_valid_checkpoint(run_dir, map_location=device, at_most=first_missing)
+    # Host memory: `restore` moves each tensor where it belongs (see there).
+    found = latest_valid_checkpoint(run_dir, map_location="cpu", at_most=first_missing)
     if found is None:
         return 0, None, -1 if started else None  # nothing usable: start over, dropping any rows
     step, path, payload = found
@@ -733,9 +749,15 @@ def _train(cfg: DictConfig, run_dir: Path, record: dict[str, Any]) -> dict[str, 
         distributed.init_strategy(cfg.trainer.get("strategy", "single"), cfg.trainer.device)
     )
     # Set before the model is built (its init runs under them too); the previous values come back after.
-    with numerics(bool(cfg.trainer.tf32), bool(cfg.trainer.deterministic), device) as applied:
+    with (
+        numerics(bool(cfg.trainer.tf32), bool(cfg.trainer.deterministic), device) as applied,
+        nondeterministic_ops() as alerts,
+    ):
         record["numerics"] = applied
-        return _train_on(cfg, run_dir, record, device, t)
+        try:
+            return _train_on(cfg, run_dir, record, device, t)
+        finally:  # in run.json's last write, also when the run fails
+            record_nondeterminism(record, alerts)
 
 
 def _train_on(
@@ -752,7 +774,7 @@ def _train_on(
 
     elapsed = 0.0
     metrics_dir = run_dir / METRICS_DIR
-    start_step, payload, resume_after = find_resume_point(run_dir, cfg, device)
+    start_step, payload, resume_after = find_resume_point(run_dir, cfg)
     if payload is not None:
         restore(state, payload, seed=int(cfg.seed))
         elapsed = float(payload["elapsed_s"])

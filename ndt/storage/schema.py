@@ -13,7 +13,9 @@ step                   int64                       optimizer step the measuremen
 epoch                  int32                       epoch of that step (0 unless the caller says)
 layer                  string                      qualified module name, e.g. ``encoder.layers.0.linear1``
 layer_index            int16                       position of the layer in the model (0 = first measured)
-n_samples              int32                       rows of the activation matrix (probe or batch size)
+n_samples              int32                       rows of the measured matrix: examples (probe or
+                                                   batch), times positions (conv_reduction=positions,
+                                                   <= max_rows) or tokens (sequence_reduction=tokens)
 n_features             int32                       columns of the activation matrix (after reduction)
 loss                   float64                     training loss at that step (NaN if not given)
 grad_norm              float64                     global L2 norm of the gradients at that step
