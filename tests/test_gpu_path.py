@@ -1,12 +1,16 @@
 """The GPU path's logic, on the CPU: the host-buffer pool, staging, the worker path, non-blocking
-checkpoints and their resume, no host-sync calls on the hot path, trainer.tf32/deterministic.
+checkpoints and their resume, no host-sync calls on the hot path, trainer.tf32/deterministic, and the
+GPU scripts' set-up (scripts/gpu_env.sh's offline install, the refusal without a GPU).
 
 The CUDA side of the same things is in tests/test_cuda.py (skipped without a GPU).
 """
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 import threading
 import time
 import warnings
@@ -459,3 +463,72 @@ def test_sweep_projection_and_median_overhead_by_hand() -> None:
     assert bench_gpu.project_sweep(30.0, 57) == 30.0
     # Pairs (untracked, tracked): ratios - 1 = 0.10, 0.00, 0.05 -> median 0.05.
     assert bench_gpu.median_overhead([(1.0, 1.1), (2.0, 2.0), (4.0, 4.2)]) == pytest.approx(0.05)
+
+
+# ------------------------------------------------------------------ scripts/gpu_check.sh, gpu_env.sh
+
+SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
+
+
+@pytest.mark.skipif(shutil.which("nvidia-smi") is not None, reason="a GPU machine: the scripts would run")
+@pytest.mark.parametrize("script", ["gpu_check.sh", "bench_gpu.sh"])
+def test_gpu_scripts_refuse_without_a_gpu_before_installing(script: str, tmp_path: Path) -> None:
+    env = {**os.environ, "VENV": str(tmp_path / "venv"), "OUT": str(tmp_path / "out")}
+    done = subprocess.run(
+        ["bash", str(SCRIPTS / script)], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2, done.stderr
+    assert "no NVIDIA GPU visible" in done.stderr
+    assert not (tmp_path / "venv").exists() and not (tmp_path / "out").exists()
+
+
+def _source_gpu_env(tmp_path: Path, python: str, wheels: Path) -> subprocess.CompletedProcess[str]:
+    """Source scripts/gpu_env.sh as the GPU scripts do (no venv: the offline branch), then import."""
+    script = 'source scripts/gpu_env.sh || exit $?; echo "PY=$PY"; "$PY" -c "import ndt_offline_probe, ndt; print(ndt_offline_probe.WHERE, ndt.__file__)"'
+    env = {
+        **os.environ,
+        "VENV": str(tmp_path / "no-venv"),
+        "PYTHON": python,
+        "WHEELS": str(wheels),
+        "SITE": str(tmp_path / "site"),
+        "PYTHONPATH": "",
+    }
+    return subprocess.run(
+        ["bash", "-c", script], cwd=SCRIPTS.parent, env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_gpu_env_installs_the_carried_wheels_offline(tmp_path: Path) -> None:
+    """The offline branch: wheels from $WHEELS into $SITE (no index), the repository on PYTHONPATH."""
+    src = tmp_path / "src"
+    (src / "ndt_offline_probe").mkdir(parents=True)
+    (src / "ndt_offline_probe" / "__init__.py").write_text("WHERE = 'installed from the carried wheel'\n")
+    (src / "pyproject.toml").write_text(
+        '[build-system]\nrequires = ["setuptools"]\nbuild-backend = "setuptools.build_meta"\n'
+        '[project]\nname = "ndt-offline-probe"\nversion = "0.0.1"\n'
+    )
+    wheels = tmp_path / "wheels"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "--no-index",
+         "-w", str(wheels), str(src)],
+        check=True, capture_output=True, timeout=120,
+    )  # fmt: skip
+    done = _source_gpu_env(tmp_path, sys.executable, wheels)
+    assert done.returncode == 0, done.stderr
+    assert f"PY={sys.executable}" in done.stdout
+    assert "installed from the carried wheel" in done.stdout
+    assert str(SCRIPTS.parent / "ndt" / "__init__.py") in done.stdout  # ndt from this source tree
+    assert (tmp_path / "site" / "ndt_offline_probe").is_dir() and not (tmp_path / "no-venv").exists()
+
+
+@pytest.mark.skipif(shutil.which("python3") is None, reason="no system python3")
+def test_gpu_env_names_what_the_image_lacks(tmp_path: Path) -> None:
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    (wheels / "placeholder-0-py3-none-any.whl").write_bytes(b"")  # the offline branch is taken
+    bare = tmp_path / "bare"  # a Python without torch: a venv that sees no site packages
+    subprocess.run(["python3", "-m", "venv", "--without-pip", str(bare)], check=True, timeout=60)
+    done = _source_gpu_env(tmp_path, str(bare / "bin" / "python"), wheels)
+    assert done.returncode == 2
+    assert "lacks a package ndt needs" in done.stderr and "No module named" in done.stderr
+    assert "scripts/gpu_wheels.sh NAME" in done.stderr
