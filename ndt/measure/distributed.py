@@ -203,14 +203,18 @@ class DistributedContext:
             # memory and blocks, once per layer.
             return torch.full((1,), float(v), dtype=torch.float64, device=device)
 
+        # Layout: each layer's gram (k*k,) and column sums (k,), then every layer's row count (L,),
+        # then loss and grad_sq: the counts sit together, read with one host sync per measurement.
         pieces: list[torch.Tensor] = []
+        counts: list[torch.Tensor] = []
         if with_stats:
             for name in names:
                 s = stats[name]
                 assert s.mean is not None, "distributed statistics are feature-side"
                 n = float(s.n_samples)
-                pieces += [s.gram.reshape(-1), s.mean * n, scalar(n)]
-        pieces += [scalar(loss) / self.world_size, scalar(grad_sq)]
+                pieces += [s.gram.reshape(-1), s.mean * n]
+                counts.append(scalar(n))
+        pieces += [*counts, scalar(loss) / self.world_size, scalar(grad_sq)]
         buf = torch.cat(pieces)
         torch.distributed.all_reduce(
             buf, op=torch.distributed.ReduceOp.SUM
@@ -218,24 +222,19 @@ class DistributedContext:
         out = stats
         offset = 0
         if with_stats:
-            # Every layer's global row count in one read: one host sync per measurement, not per layer.
-            count_at, at = [], 0
-            for name in names:
-                k = stats[name].n_features
-                count_at.append(at + k * k + k)
-                at += k * k + k + 1
-            counts = buf[torch.tensor(count_at, device=buf.device)].tolist() if names else []
+            totals = buf[len(buf) - 2 - len(counts) : len(buf) - 2].tolist() if counts else []
             out = {}
-            for name, total in zip(names, counts, strict=True):
+            for name, total in zip(names, totals, strict=True):
                 k = stats[name].n_features
                 gram = buf[offset : offset + k * k].reshape(k, k)
                 colsum = buf[offset + k * k : offset + k * k + k]
                 n_total = round(total)
-                offset += k * k + k + 1
+                offset += k * k + k
                 mean = colsum / max(n_total, 1)
                 if center:
                     gram = gram - n_total * torch.outer(mean, mean)
                     mean = torch.zeros_like(mean)
                 out[name] = GramStats(gram=gram, mean=mean, n_samples=n_total, n_features=k, centred=center)
+            offset += len(counts)
         loss_mean, grad_sq_total = buf[offset], buf[offset + 1]
         return out, loss_mean, grad_sq_total.clamp(min=0).sqrt()

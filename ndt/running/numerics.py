@@ -16,7 +16,7 @@ runs sharing a process (tests, benchmarks, a reused launcher worker) do not inhe
   runs several CUDA runs). ``false`` lets cuDNN pick the fastest algorithm per shape.
 
 With ``warn_only`` such an op runs its non-deterministic kernel: `nondeterministic_ops` collects the
-alerts of a run, and ``run.json``'s numerics list them (``nondeterministic_ops``), so that a run
+alerts of a run, and ``run.json`` lists them (``nondeterministic_ops``, and each segment its own), so that a run
 recorded as deterministic says where it was not (memory-efficient attention's backward, for one,
 keeps its non-deterministic split-key path unless ``warn_only`` is off; failing the run instead would
 refuse models whose ops have no deterministic CUDA kernel, such as adaptive average pooling's backward).

@@ -19,8 +19,8 @@ file, fsync, rename, directory fsync.
 ``run.json`` keys (at least): status ("running", "complete", "failed", "skipped"), arch, dataset, seed,
 family, depth, width, params, final_accuracy, n_measurements, device, git_commit, versions, timings,
 numerics (`ndt.running.numerics.current_numerics`), nondeterministic_ops (the ops torch warned have no
-deterministic kernel, every segment's; each segment lists its own), config (the resolved config), error (failed/skipped runs: the reason), slurm (job ids, under SLURM),
-layers and n_layers (complete runs), segments (one entry per process that trained the run: a resumed
+deterministic kernel, every segment's; each segment lists its own), config (the resolved config),
+error (failed/skipped runs: the reason), slurm (job ids, under SLURM), layers and n_layers (complete runs), segments (one entry per process that trained the run: a resumed
 run has several; device, git_commit and versions above are the last segment's).
 """
 
