@@ -19,6 +19,8 @@ import torch
 from torch import nn
 
 from ndt.analysis import causal
+from ndt.models.build import build_model
+from ndt.models.pooling import PAD_ID
 
 WIDTH = 32
 
@@ -154,3 +156,39 @@ def test_verdict_compares_the_effect_with_the_control_not_the_z_score() -> None:
         {"share_own_weights": 0.9, "total_change": 0.4, "ablation_z": 300.0, "ablation_effect": 0.01, "k": 1}
     )
     assert "not more than an ordinary stretch" in causal.layer_verdict(weak, control)
+
+
+def test_causal_table_runs_the_forwards_it_says_and_reports_progress() -> None:
+    """Counted by hand for 3 layers with parameters and 5 draws: `before` runs once to be observed and
+    once per layer (after's output patched in): 4; `after` runs once to be observed, twice per layer
+    (before's output, before's own weights) and 1 + 5 times per layer for the ablations: 1 + 6 + 18 = 25."""
+    before, after, x, y, _ = planted()
+    calls = {"before": 0, "after": 0}
+    for name, model in (("before", before), ("after", after)):
+        model.register_forward_pre_hook(lambda *_a, name=name: calls.__setitem__(name, calls[name] + 1))
+    seen: list[tuple[int, int]] = []
+    causal.causal_table(
+        before, after, x, y, LAYERS, k=1, n_random=5, progress=lambda d, t: seen.append((d, t))
+    )
+    assert calls == {"before": 4, "after": 25}
+    assert causal.causal_forwards(len(LAYERS), 5) == 29
+    # in forwards: both observed (2), each layer patched (3 each), each ablated (1 + 5 each)
+    assert seen == [(2, 29), (5, 29), (8, 29), (11, 29), (17, 29), (23, 29), (29, 29)]
+
+
+def test_base_and_interventions_run_the_same_kernels() -> None:
+    """The study's transformer (nn.TransformerEncoder) in eval mode takes PyTorch's fused fast path in a
+    block none of whose modules has a hook, and each intervention hooks one layer: unless the causal
+    forwards turn the fast path off, a patch of layer 0 with its own output runs block 1 fused while
+    the base forward (hooks in both blocks) does not, and the loss moves by the kernels' rounding
+    (~5e-9 nats). Patching two identical models with their identical outputs must give the base loss
+    exactly."""
+    torch.manual_seed(0)
+    model = build_model("transformer_shallow", "ag_news")
+    x = torch.randint(1, 100, (16, 100))
+    x[:, 80:] = PAD_ID  # padded tail: the masked fast path
+    y = torch.randint(0, 4, (16,))
+    names = ["encoder.layers.0.linear1", "encoder.layers.1.linear2"]
+    table = causal.patch_outputs(model, copy.deepcopy(model), x, y, names)
+    assert (table["loss_after_patched"] == table.attrs["loss_after"]).all()
+    assert (table["loss_before_patched"] == table.attrs["loss_before"]).all()

@@ -393,3 +393,17 @@ def test_report_renders_in_headless_chromium(mlp_run: Path, tmp_path: Path) -> N
     pixels = imread(png)
     assert pixels.shape[:2] == (2000, 1200)
     assert pixels[..., :3].std() > 0.05  # not a blank page: text, tables and figures
+
+
+def test_progress_log_says_how_far_and_how_long_is_left(caplog: pytest.LogCaptureFixture) -> None:
+    """A fake clock: 60 s per item. After 2 of 8 items (120 s), 6 are left: 6 x 60 s = 6.0 min."""
+    from ndt.report import investigation
+
+    clock = iter([0.0, 120.0, 150.0])
+    report = investigation._progress_log("causal tests (event)", every_s=60.0, clock=lambda: next(clock))
+    with caplog.at_level("INFO", logger="ndt.investigate"):
+        report(2, 8)  # at 120 s: logged
+        report(3, 8)  # at 150 s: 30 s after the last line, quiet
+    assert [r.getMessage() for r in caplog.records] == [
+        "causal tests (event): 2 of 8 forwards, 2.0 min so far, about 6.0 min left"
+    ]

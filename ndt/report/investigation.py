@@ -40,7 +40,7 @@ from torch import nn
 import ndt
 from ndt.aggregate.summaries import check_metric, layer_mean_series
 from ndt.analysis.analyzer import ActivationAnalyzer, LayerAnalysis
-from ndt.analysis.causal import Z_SIGNIFICANT, causal_table, layer_verdict, localise
+from ndt.analysis.causal import Z_SIGNIFICANT, causal_forwards, causal_table, layer_verdict, localise
 from ndt.analysis.comparison import Comparison, linear_cka, metric_frame, principal_angles
 from ndt.analysis.visualize import FeatureVisualizer
 from ndt.data.spec import IGNORE_INDEX
@@ -1007,6 +1007,37 @@ def _causal_rows(table: pd.DataFrame) -> list[dict[str, Any]]:
     return [{c: row[c] for c in keep} for row in table.to_dict(orient="records")]
 
 
+#: Seconds between progress lines of a long causal test (a short one prints none).
+PROGRESS_EVERY_S = 30.0
+
+
+def _progress_log(
+    label: str, every_s: float = PROGRESS_EVERY_S, clock: Callable[[], float] = time.perf_counter
+) -> Callable[[int, int], None]:
+    """A ``progress(done, total)`` callback that logs how far a long loop is and how long the rest will
+    take (from the mean time per item so far), at most once every `every_s` seconds of `clock`."""
+    start = last = clock()
+
+    def report(done: int, total: int) -> None:
+        nonlocal last
+        now = clock()
+        if now - last < every_s:
+            return
+        last = now
+        elapsed = now - start
+        left = elapsed / done * (total - done)
+        log.info(
+            "%s: %d of %d forwards, %.1f min so far, about %.1f min left",
+            label,
+            done,
+            total,
+            elapsed / 60,
+            left / 60,
+        )
+
+    return report
+
+
 def causal_section(
     source: RunSource,
     replay: Replay,
@@ -1025,12 +1056,30 @@ def causal_section(
     directory, from its nearest checkpoint) with the layers of the event's analysis.
     """
 
-    def table(r: Replay) -> pd.DataFrame:
+    stretches = "the event and a no-event control" if opts.control else "the event"
+    log.info(
+        "causal tests on %d layers: up to %d forwards of the %d-example probe for each of %s "
+        "(causal=false skips them; fewer draws= or layers= make them cheaper, device=auto runs them on a GPU)",
+        len(layers),
+        causal_forwards(len(layers), opts.draws),
+        len(replay.probe),
+        stretches,
+    )
+
+    def table(r: Replay, label: str) -> pd.DataFrame:
         return causal_table(
-            r.before, r.after, r.probe, r.labels, layers, k=opts.k, n_random=opts.draws, seed=0
+            r.before,
+            r.after,
+            r.probe,
+            r.labels,
+            layers,
+            k=opts.k,
+            n_random=opts.draws,
+            seed=0,
+            progress=_progress_log(f"causal tests ({label})"),
         )
 
-    event = table(replay)
+    event = table(replay, "event")
     control_pair = None
     control = None
     if opts.control:
@@ -1040,7 +1089,7 @@ def causal_section(
             c_replay = source.replay(
                 c_moments.steps_done, device, {"sequence_reduction": reduction, **capture_kw}, layers
             )
-            control = table(c_replay)
+            control = table(c_replay, "control")
     by_layer_control = {} if control is None else {r["layer"]: r for _, r in control.iterrows()}
     verdicts = {
         str(r["layer"]): layer_verdict(r, by_layer_control.get(r["layer"])) for _, r in event.iterrows()
