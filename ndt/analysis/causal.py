@@ -30,8 +30,8 @@ per target token id).
 
 Every forward runs in eval mode, without gradients and with PyTorch's fused transformer fast path off
 (`_unfused`): the base behaviour and each intervention then use the same kernels. Cost for L layers:
-at most 2 + L (4 + n_random) forwards of the probe (`causal_forwards`; 530 for ResNet-18's 22 layers
-at the default 20 draws, about 0.8 s each for a 160-image probe on the 2-core CPU).
+at most 2 + L (4 + n_random) forwards of the probe (`causal_forwards`): 506 for ResNet-18's 21 measured
+layers at the default 20 draws, about 0.8 s each for a 160-image probe on the 2-core CPU.
 """
 
 from __future__ import annotations
