@@ -554,3 +554,23 @@ def test_compare_overlays_runs(page: Any, served: dict[str, Any]) -> None:
     np.testing.assert_allclose(centre, mean + 0.5)
     page.goto(served["url"])
     page.wait_for_selector("body[data-ready=grid]")
+
+
+def test_a_jump_over_a_still_background_shows_an_infinite_z() -> None:
+    """A noiseless step (the fixture's own series: 10, then 15 from JUMP_AT): every other piece of the
+    fit has speed 0, so the background speed is 0 and the jump's z is +inf. JSON has no infinity and
+    null would read as missing: the page and the report show the symbol."""
+    from ndt.report.html import _num
+    from ndt.view.data import event_dict
+
+    steps = np.arange(0, MAX_STEPS, EVERY)
+    jumps = get_detector("changepoint").detect(pr(steps, np.zeros_like(steps)), steps)
+    assert [e.peak_step for e in jumps.events] == [JUMP_AT] and jumps.events[0].peak_z == float("inf")
+    assert event_dict(jumps.events[0])["peak_z"] == "∞"
+    assert json.loads(json.dumps(event_dict(jumps.events[0])))["peak_z"] == "∞"
+    assert (_num(float("inf"), ".2f"), _num(float("nan")), _num(None), _num(2.5, ".2f")) == (
+        "∞",
+        "–",
+        "–",
+        "2.50",
+    )

@@ -72,7 +72,10 @@ def _e(value: Any) -> str:
 
 
 def _num(value: Any, fmt: str = ".3f") -> str:
-    """A number for a table cell ("–" for missing)."""
+    """A number for a table cell ("–" for missing; "∞" for an infinite one, such as the z of a jump
+    over a background that does not move)."""
+    if isinstance(value, float) and math.isinf(value):
+        return "∞" if value > 0 else "−∞"
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "–"
     return format(value, fmt)

@@ -124,7 +124,9 @@ def event_dict(event: JumpEvent, rank: int | None = None) -> dict[str, Any]:
         "peak_step": event.peak_step,
         "end_step": event.end_step,
         "size": _json_number(float(event.size)),
-        "peak_z": _json_number(float(event.peak_z)),
+        # A jump over a background that does not move has z = inf (`ndt.detect.changepoint`): JSON
+        # has no infinity, and null would read as missing, so the page gets the symbol.
+        "peak_z": "∞" if math.isinf(event.peak_z) and event.peak_z > 0 else _json_number(float(event.peak_z)),
         "peak_magnitude": _json_number(float(event.peak_magnitude)),
     }
 
