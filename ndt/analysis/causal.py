@@ -83,6 +83,11 @@ def _module(model: nn.Module, name: str) -> nn.Module:
     return modules[name]
 
 
+def _has_parameters(model: nn.Module, name: str) -> bool:
+    """Whether layer `name` has parameters of its own (its own-weights patch is then run)."""
+    return any(True for _ in _module(model, name).parameters())
+
+
 def _first(output: object) -> torch.Tensor:
     """The tensor a layer's output stands for (the first element of a tuple output)."""
     out = output[0] if isinstance(output, tuple | list) else output
@@ -169,7 +174,7 @@ def observe(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, layers: Sequence[str]
 ) -> tuple[Behaviour, dict[str, torch.Tensor]]:
     """`behaviour` and `layer_outputs` of one forward (the same values as the two calls, half the cost)."""
-    with _recorded(model, layers) as store, _unfused():
+    with _recorded(model, layers) as store:
         beh = behaviour(model, x, y)
     return beh, store
 
@@ -434,7 +439,7 @@ def _patch_rows(
         with replaced_output(before, name, _constant(out_a[name])):
             pb = behaviour(before, x, y)
         pw: Behaviour | None = None
-        if any(True for _ in _module(after, name).parameters()):
+        if _has_parameters(after, name):
             with _weights_from(after, before, name):
                 pw = behaviour(after, x, y)
         rows.append(
@@ -515,7 +520,7 @@ def causal_table(
         random_mean, random_sd, ablation_z, worst_class and worst_class_change (the class whose accuracy
         fell most under the ablation, and by how much). ``attrs`` keep the probe's losses and accuracies.
     """
-    with_weights = sum(any(True for _ in _module(after, n).parameters()) for n in layers)
+    with_weights = sum(_has_parameters(after, n) for n in layers)
     total = causal_forwards(len(layers), n_random) - (len(layers) - with_weights)
     done = 0
 
