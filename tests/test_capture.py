@@ -60,6 +60,24 @@ def test_cnn_spatial_mean() -> None:
     assert n_hooks(model) == 0
 
 
+@pytest.mark.parametrize("reduction", ["spatial_mean", "positions"])
+def test_conv_bench_times_the_matrices_the_capture_measures(reduction: str) -> None:
+    # `ndt.bench conv` times the hooks' work on recorded layer outputs; it must be the capture's work
+    from ndt.bench.conv import _layer_outputs
+
+    model = build_model("cnn_shallow", "mnist").eval()
+    x = torch.randn(4, 1, 28, 28)
+    with ActivationCapture(model, conv_reduction=reduction) as cap, torch.no_grad():
+        model(x)
+    recorded = _layer_outputs(model, x)
+    assert len(recorded) == len(cap.layer_names) and n_hooks(model) == 0
+    for name, (module, out) in zip(cap.layer_names, recorded, strict=True):
+        assert module is cap.modules[name]
+        torch.testing.assert_close(
+            reduce_output(out, module, conv_reduction=reduction), cap.activations[name]
+        )
+
+
 @pytest.mark.parametrize("training", [True, False])
 def test_transformer_layers_including_attention_tuples(training: bool) -> None:
     model = Encoder().train(training)
