@@ -1,8 +1,9 @@
 """SLURM: the sbatch settings of the slurm preset, and sweeps on a real cluster.
 
-The first two tests build the sbatch script through hydra-submitit-launcher without a cluster, so
-they run everywhere. The others (a smoke sweep equal to a local one, ``scontrol requeue``, a hard
-kill, the time-out requeue bound) need a cluster answering ``sinfo`` (``scripts/local_slurm.sh
+The first tests build the sbatch script through hydra-submitit-launcher without a cluster, check the
+config rule for several tasks per job, and a task's rank from SLURM's variables, so they run
+everywhere. The others (a smoke sweep equal to a local one, ``scontrol requeue``, a hard kill, the
+time-out requeue bound, DDP over two tasks) need a cluster answering ``sinfo`` (``scripts/local_slurm.sh
 install`` then ``start`` stands up a one-node one, as CI does) and are skipped without one. They run
 on the test cluster's partition ($NDT_TEST_SLURM_PARTITION, default ``debug``) without GPU, one CPU
 per job, and every wait in them is bounded. About 2 min on 2 cores.
@@ -125,6 +126,52 @@ def test_command_line_settings_reach_sbatch(
     assert flags["partition"] == "debug"
     assert (flags["gpus-per-node"], flags["time"], flags["array"]) == ("0", "7", "0-2%2")
     assert max_num_timeout == 1
+
+
+def test_several_tasks_per_job_need_ddp(compose_cfg: Callable[..., DictConfig]) -> None:
+    from ndt.running.validation import check_config
+
+    base = ("hydra/launcher=slurm", "hydra.launcher.tasks_per_node=2")
+    problems = check_config(compose_cfg(*base, return_hydra_config=True))
+    assert any(
+        p.startswith("hydra.launcher.tasks_per_node=2: SLURM starts 2 processes per job")
+        and "set trainer.strategy=ddp" in p
+        for p in problems
+    ), problems
+    assert check_config(compose_cfg(*base, "trainer.strategy=ddp", return_hydra_config=True)) == []
+    assert check_config(compose_cfg("hydra/launcher=slurm", return_hydra_config=True)) == []
+
+
+#: What srun sets in the second of two tasks of job 4242 on one node (of the job's two), as in a
+#: plain ``srun`` (no SUBMITIT_EXECUTOR: not a submitit job).
+SLURM_TASK_1_OF_2 = {"SLURM_JOB_ID": "4242", "SLURM_NTASKS": "2", "SLURM_PROCID": "1", "SLURM_LOCALID": "1",
+                     "SLURM_NODEID": "0", "SLURM_JOB_NUM_NODES": "1", "SLURM_JOB_NODELIST": "node[7-8]"}  # fmt: skip
+TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def test_a_slurm_task_knows_its_rank_before_the_run_lock(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Without RANK every task took itself for rank 0: one held the lock, the other was refused, and
+    # rank 0 waited in init_process_group for it (a 2-task ddp job that never ended).
+    from ndt.running import distributed
+
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_") and k not in TORCHRUN_VARS}
+    monkeypatch.setattr(os, "environ", {**clean, **SLURM_TASK_1_OF_2})
+    distributed.adopt_launcher_ranks("single")  # one process per run: nothing to set
+    assert "RANK" not in os.environ and distributed.is_main()
+    distributed.adopt_launcher_ranks("ddp")
+    assert {k: os.environ[k] for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR")} == {
+        "RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "MASTER_ADDR": "node7"
+    }  # fmt: skip
+    assert distributed.world() == (1, 2) and not distributed.is_main()
+    distributed.adopt_launcher_ranks("ddp")  # again (init_strategy calls it too): no error, same values
+    assert os.environ["RANK"] == "1"
+    port = os.environ["MASTER_PORT"]
+    monkeypatch.setattr(
+        os, "environ", {**clean, **SLURM_TASK_1_OF_2, "SLURM_PROCID": "0", "SLURM_LOCALID": "0"}
+    )
+    distributed.adopt_launcher_ranks("ddp")  # task 0 of the same job: rank 0, the same rendezvous
+    assert (os.environ["RANK"], os.environ["MASTER_PORT"], os.environ["MASTER_ADDR"]) == ("0", port, "node7")
+    assert 20_000 <= int(port) <= 60_000
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -445,3 +492,35 @@ def test_a_request_no_node_can_satisfy_is_refused_at_once(
     assert done.returncode == 2, done.stderr[-3000:]
     assert f"no node of SLURM partition {PARTITION} can run a job asking for {too_many} CPUs" in done.stderr
     assert not (tmp_path / "refused").exists()  # nothing submitted, nothing written
+
+
+@pytest.mark.slow
+def test_ddp_over_two_slurm_tasks_trains_like_one_process(
+    tmp_path: Path, slurm_cluster: None, job_name: str, compose_cfg: Callable[..., DictConfig]
+) -> None:
+    from ndt.running.train import run_dir_for, run_experiment
+
+    tiny = ("trainer.max_steps=20", "trainer.checkpoint.every=10", "trainer.progress=log")
+    two_tasks = tuple(o for o in on_cluster(job_name) if not o.startswith("hydra.launcher.mem_gb"))
+    done = run_ndt(
+        "-m", *tiny, *two_tasks, "hydra.launcher.tasks_per_node=2", "hydra.launcher.mem_gb=2",
+        "trainer.strategy=ddp", f"paths.results_dir={tmp_path / 'slurm'}", timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    cfg = compose_cfg(*tiny, "trainer.num_threads=1")  # the same experiment in one process, one thread
+    assert run_experiment(cfg)["status"] == "complete"
+
+    run_dir = tmp_path / "slurm" / "single" / run_dir_for(cfg).name
+    (task_logs,) = {p.parent for p in (tmp_path / "slurm" / "single").glob(".submitit/*/*_log.out")}
+    assert sorted(p.name.split("_")[1] for p in task_logs.glob("*_log.out")) == ["0", "1"]  # two tasks ran
+    assert "being run by another process" not in "".join(p.read_text() for p in task_logs.glob("*_log.*"))
+    record = read_run_json(run_dir)
+    assert record["status"] == "complete" and record["slurm"]["slurm_job_id"]
+    assert (run_dir / DONE_MARKER).exists()
+    got, want = read_metrics(run_dir / "metrics"), read_metrics(run_dir_for(cfg) / "metrics")
+    assert (got.groupby(["step", "layer"]).size() == 1).all()  # rank 0 alone wrote the rows
+    # The global batch split over the 2 tasks, gradients averaged: one process's numbers up to rounding.
+    cols = [c for c in want.columns if c not in ("wall_time",)]
+    pd.testing.assert_frame_equal(
+        comparable(got)[cols], comparable(want)[cols], check_exact=False, rtol=1e-5, atol=1e-7
+    )

@@ -18,6 +18,7 @@ from __future__ import annotations
 import atexit
 import functools
 import os
+import random
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -52,13 +53,31 @@ def main_only(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _export_slurm_env() -> None:
-    """Under SLURM tasks (no torchrun), set the variables ``init_process_group`` reads, via submitit."""
-    if "RANK" in os.environ or "SLURM_NTASKS" not in os.environ:
-        return
-    from submitit.helpers import TorchDistributedEnvironment
+def adopt_launcher_ranks(strategy: str) -> None:
+    """Under ``trainer.strategy=ddp`` in SLURM tasks (no torchrun), set the variables torchrun would
+    (RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT); a no-op otherwise.
 
-    TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+    Read from SLURM's own variables (submitit's `SlurmJobEnvironment` parses them), so this works in
+    the Hydra SLURM launcher's jobs and under a plain ``srun`` alike. MASTER_ADDR is the job's first
+    node; MASTER_PORT, unless set, one drawn from the job id (the same in every task of the job).
+    Called before anything rank-dependent: `world` reads RANK before the process group exists, and
+    without it every task took itself for rank 0, so one held the run lock and the others were
+    refused while rank 0 waited for them in ``init_process_group``.
+    """
+    if strategy != "ddp" or "RANK" in os.environ or "SLURM_NTASKS" not in os.environ:
+        return
+    from submitit.slurm.slurm import SlurmJobEnvironment
+
+    job = SlurmJobEnvironment()
+    port = os.environ.get("MASTER_PORT") or str(random.Random(job.job_id).randint(20_000, 60_000))
+    os.environ.update(
+        RANK=str(job.global_rank),
+        WORLD_SIZE=str(job.num_tasks),
+        LOCAL_RANK=str(job.local_rank),
+        LOCAL_WORLD_SIZE=str(job.num_tasks // job.num_nodes),
+        MASTER_ADDR=job.hostnames[0],
+        MASTER_PORT=port,
+    )
 
 
 def init_strategy(strategy: str, device_name: str) -> str:
@@ -75,7 +94,7 @@ def init_strategy(strategy: str, device_name: str) -> str:
         raise ValueError(f"unknown trainer.strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
     if strategy == "single":
         return device_name
-    _export_slurm_env()
+    adopt_launcher_ranks(strategy)
     missing = [k for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
     if missing:
         raise ValueError(

@@ -390,6 +390,7 @@ def run_experiment(cfg: DictConfig) -> dict[str, Any]:
         RunConflictError: the directory holds another experiment.
     """
     validate_config(cfg)
+    distributed.adopt_launcher_ranks(cfg.trainer.get("strategy", "single"))  # before the rank-0 lock
     run_dir = run_dir_for(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     # One process per run directory; under trainer.strategy=ddp the ranks are one run: rank 0 holds it.

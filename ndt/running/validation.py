@@ -171,6 +171,16 @@ def check_config(cfg: DictConfig) -> list[str]:
     )
     if optim == "sgd" or _get(cfg, "optim.momentum") is not None:
         need("optim.momentum", lambda v: _is_number(v) and 0 <= v < 1, "must be a number in [0, 1)")
+    tasks, strategy = _get(cfg, "hydra.launcher.tasks_per_node"), _get(cfg, "trainer.strategy")
+    slurm = str(_get(cfg, "hydra.launcher._target_") or "").endswith("SlurmLauncher")
+    if slurm and _is_int(tasks) and tasks > 1 and strategy != "ddp":
+        # Every SLURM task runs the job: without DDP they would be that many copies of one run, on one
+        # run directory (all but one refused by its lock), not one run over the tasks.
+        problems.append(
+            f"hydra.launcher.tasks_per_node={tasks}: SLURM starts {tasks} processes per job, and "
+            f"trainer.strategy={strategy!r} trains each on its own, on one run directory; set "
+            f"trainer.strategy=ddp (one run over the {tasks} processes) or hydra.launcher.tasks_per_node=1"
+        )
     return problems
 
 
