@@ -298,7 +298,7 @@ def centred_moments(
 
 @dataclass
 class Spectrum:
-    """Spectra of L layers (zero-padded to a common m); the input of every metric.
+    """Spectra of L layers (of one Gram size m in `metrics_from_solved`); the input of every metric.
 
     Attributes:
         eigenvalues: (L, m) squared singular values, descending, >= 0, rounding noise set to 0.
@@ -532,22 +532,31 @@ def solve_spectra(
 def metrics_from_solved(
     solved: SolvedLayers, metrics: Sequence[str] = METRIC_COLUMNS
 ) -> tuple[dict[str, FloatArray], np.ndarray]:
-    """The chosen metrics of solved layers, each vectorised over all of them: the second half of
-    `metrics_from_stats` (same returns)."""
-    lam = solved.eigenvalues
-    sp = Spectrum(
-        eigenvalues=lam,
-        singular_values=np.sqrt(lam),
-        centred_trace=solved.centred_trace,
-        centred_fro2=solved.centred_fro2,
-    )
+    """The chosen metrics of solved layers, each vectorised over the layers of one Gram size: the
+    second half of `metrics_from_stats` (same returns).
+
+    Each size is evaluated on its own width, not on the batch's zero-padded one: a sum over m values
+    and one over m values and zeros round differently (numpy's pairwise summation blocks by length),
+    so a layer's value would otherwise move by an ulp with the widest layer measured beside it.
+    """
+    n_layers = len(solved.sizes)
+    out = {name: np.empty(n_layers) for name in metrics}
+    for size in np.unique(solved.sizes):
+        rows = np.flatnonzero(solved.sizes == size)
+        lam = solved.eigenvalues[rows, : max(int(size), 1)]  # size 0 (estimated): overwritten below
+        sp = Spectrum(
+            eigenvalues=lam,
+            singular_values=np.sqrt(lam),
+            centred_trace=solved.centred_trace[rows],
+            centred_fro2=solved.centred_fro2[rows],
+        )
+        for name in metrics:
+            out[name][rows] = METRICS[name](sp)
     estimated = np.flatnonzero(solved.sizes == 0)
-    out = {}
     for name in metrics:
-        values = METRICS[name](sp)
+        values = out[name]
         values[estimated] = solved.estimates[estimated, METRIC_COLUMNS.index(name)]
         values[~solved.finite] = np.nan
-        out[name] = values
     return out, solved.finite
 
 
