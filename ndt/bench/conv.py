@@ -6,9 +6,10 @@ float64 Gram statistics) plus solving the spectra on the host. Timed directly on
 recorded forward, best of `repeats`, in CPU time of one thread (torch set to one thread for the bench: on
 a shared machine wall time mostly measures the neighbours). Not as (hooked forward) - (bare forward): at
 batch 128 a spatial-mean measurement is ~1% of the forward, below the two timings' noise, and the
-difference came out as 0 or negative. The hooks' own dispatch (microseconds a layer) is left out. With ``conv_reduction="spatial_mean"`` (the study's (B, C) matrices) and
-``"positions"`` (every (sample, position) a row, at most `ndt.measure.capture.MAX_ROWS`). Printed
-beside a bare training step (forward, backward, Adam update), with the ratio positions / spatial_mean.
+difference came out as 0 or negative. The hooks' own dispatch (microseconds a layer) is left out.
+With ``conv_reduction="spatial_mean"`` (the study's (B, C) matrices) and ``"positions"`` (every
+(sample, position) a row, at most `ndt.measure.capture.MAX_ROWS`). Printed beside a bare training
+step (forward, backward, Adam update), with the ratio positions / spatial_mean.
 """
 
 from __future__ import annotations
