@@ -23,6 +23,7 @@ def main(cfg: DictConfig) -> None:
     holding another experiment, 3 another process runs that directory. In a sweep these are logged and
     the other runs go on.
     """
+    from ndt.running.distributed import is_main
     from ndt.running.train import RunConflictError, run_dir_for, run_experiment  # heavy: after CLI parsing
     from ndt.running.validation import ConfigError
     from ndt.storage.lock import RunLockedError
@@ -35,7 +36,10 @@ def main(cfg: DictConfig) -> None:
         if single:
             sys.exit(3 if isinstance(e, RunLockedError) else 2)
         return  # the other runs of the sweep go on
-    print(f"{record['status']}: {run_dir_for(cfg).resolve()}", flush=True)
+    # One line per run: under torchrun or srun every rank gets here; rank 0 speaks for a run that
+    # completed, and any rank whose part failed says so itself.
+    if record["status"] != "complete" or is_main():
+        print(f"{record['status']}: {run_dir_for(cfg).resolve()}", flush=True)
     if record["status"] == "failed" and single:
         sys.exit(1)
 

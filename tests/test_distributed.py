@@ -126,6 +126,9 @@ def test_runner_trains_with_ddp_under_torchrun_like_one_process(tmp_path: Path, 
     assert run_experiment(cfg)["status"] == "complete"
     ddp_dir = tmp_path / "ddp" / "single" / run_dir_for(cfg).name
     assert read_run_json(ddp_dir)["status"] == "complete"
+    # Both ranks completed; only rank 0 says so (before, each rank printed this line).
+    said = [ln for ln in done.stdout.splitlines() if ln.startswith("complete: ")]
+    assert said == [f"complete: {ddp_dir.resolve()}"], done.stdout[-2000:]
     got, want = read_metrics(ddp_dir / "metrics"), read_metrics(run_dir_for(cfg) / "metrics")
     assert (got.groupby(["step", "layer"]).size() == 1).all()
     # The global batch split over 2 ranks, gradients averaged: one process's numbers up to rounding.

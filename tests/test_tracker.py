@@ -287,3 +287,20 @@ def test_inline_cpu_rows_match_the_svd_of_each_training_forward(tmp_path: Path) 
                 assert row[metric] == pytest.approx(value, rel=1e-9, abs=1e-9), (step, layer, metric)
             assert row["loss"] == step + 0.5
             assert row["grad_norm"] == 2.0 * step
+
+
+def test_a_bfloat16_loss_is_recorded_and_a_per_sample_loss_is_refused(tmp_path: Path) -> None:
+    """log() reads a host loss as one number: a bfloat16 tensor (numpy has no bfloat16) keeps its
+    value; a per-sample loss vector is refused at the measured step with the fix named, and the rows
+    already written stay readable."""
+    model = make_model()
+    ((x, _y),) = batches(1)
+    with HighFrequencyTracker(model, 1, writer=tmp_path / "m", flush_every=1) as tracker:
+        model(x)
+        tracker.log(0, torch.tensor(1.5, dtype=torch.bfloat16))  # 1.5 is exact in bfloat16
+        model(x)
+        with pytest.raises(ValueError, match=r"shape \(32,\).*loss\.mean\(\)"):
+            tracker.log(1, torch.ones(32))
+    rows = read_metrics(tmp_path / "m")
+    assert set(rows["step"]) == {0}
+    assert (rows["loss"] == 1.5).all()
