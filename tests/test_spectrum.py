@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from ndt.measure.spectrum import METRICS, compute_metrics
+from ndt.measure.spectrum import METRICS, compute_metrics, metrics_from_stats
 from ndt.storage.schema import METRIC_COLUMNS
 
 
@@ -117,6 +117,25 @@ def test_non_finite_gives_nan(bad: float) -> None:
     a = torch.randn(6, 4)
     a[2, 1] = bad
     assert all(math.isnan(v) for v in compute_metrics(a).values())
+
+
+def test_a_batch_flags_exactly_its_non_finite_layers() -> None:
+    """Finiteness is read off ||G||_F^2 with an entry-by-entry check where the squares overflow: a
+    Gram of finite entries ~1e200 (squares overflow float64) is finite, NaN/Inf ones are not, and a
+    bad layer changes nothing for the others solved in the same stack."""
+    grams = [np.diag([4.0, 1.0]), np.diag([np.nan, 1.0]), np.diag([1e200, 1e200]), np.diag([np.inf, 1.0])]
+    flats = [g.reshape(-1) for g in grams]  # sample-side layout: the Gram alone
+    n_samples, n_features = np.full(4, 2), np.full(4, 3)
+    values, finite = metrics_from_stats(flats, [2] * 4, n_samples, n_features)
+    assert finite.tolist() == [True, False, True, False]
+    # singular values (2, 1): stable rank (4 + 1) / 4, PR (2 + 1)^2 / 5, nuclear norm ratio 3 / 2
+    assert values["stable_rank"][0] == pytest.approx(1.25, rel=1e-12)
+    assert values["participation_ratio"][0] == pytest.approx(1.8, rel=1e-12)
+    assert values["nuclear_norm_ratio"][0] == pytest.approx(1.5, rel=1e-12)
+    # singular values (1e100, 1e100): 2, 2, 2 with no overflow on the way
+    for name in ("stable_rank", "participation_ratio", "nuclear_norm_ratio"):
+        assert values[name][2] == pytest.approx(2.0, rel=1e-12), name
+        assert math.isnan(values[name][1]) and math.isnan(values[name][3]), name
 
 
 def test_dict_input_and_metric_subset() -> None:

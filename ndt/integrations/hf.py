@@ -85,7 +85,7 @@ class DimensionalityCallback(TrackerAccess, transformers.TrainerCallback):
         )
         self._loss_hook: RemovableHandle | None = None
         self._losses: list[torch.Tensor] = []
-        self._grad_norm: torch.Tensor | None = None
+        self._grad_norm: float | torch.Tensor | None = None
 
     def close(self) -> None:
         """Finish the tracker and remove every hook (idempotent)."""

@@ -164,8 +164,11 @@ def _host_float(v: float | torch.Tensor | None) -> float:
     """A loss or grad norm held on the host (a number, or a CPU tensor) as a float; NaN for None."""
     if v is None:
         return math.nan
-    if isinstance(v, torch.Tensor):  # via float64: numpy has no bfloat16
-        return float(v.detach().to(torch.float64).numpy().item())
+    if isinstance(v, torch.Tensor):
+        # Through numpy, which raises on a device tensor, so that this read can never wait for one;
+        # cast first only where numpy has no such dtype (bfloat16): a cast costs ~25 us more.
+        v = v.detach()
+        return float((v.to(torch.float64) if v.dtype == torch.bfloat16 else v).numpy().item())
     return float(v)
 
 
@@ -486,13 +489,20 @@ class HighFrequencyTracker:
             self.capture.enabled = False
             self.model.train(was_training)
 
-    def _grad_norm(self) -> torch.Tensor | None:
+    def _grad_norm(self) -> float | torch.Tensor | None:
+        """The global gradient norm: a float when every gradient is on the host, else a tensor on the
+        first gradient's device (read with the measurement's one transfer: no wait here)."""
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
         if not grads:
             return None
-        # What clip_grad_norm_ computes, without its per-call grouping by device and dtype. The moves
-        # only matter for a model split across devices (skipped on one: six fewer ops per measurement).
+        # What clip_grad_norm_ computes, without its per-call grouping by device and dtype.
         norms = list(torch._foreach_norm(grads))
+        if all(n.device.type == "cpu" for n in norms):
+            # One read per parameter tensor instead of two more ops and a read: ~80 us less per
+            # measurement of a 6-tensor MLP. Summed in float64 (the per-tensor norms are in the
+            # gradients' dtype, as clip_grad_norm_'s).
+            return math.sqrt(math.fsum(_host_float(n) ** 2 for n in norms))
+        # The moves only matter for a model split across devices (skipped on one).
         device = norms[0].device
         if any(n.device != device for n in norms):
             norms = [n.to(device) for n in norms]
