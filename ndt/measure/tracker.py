@@ -567,8 +567,8 @@ class HighFrequencyTracker:
             # On the host already, solved on this thread: the Grams themselves are the values (each
             # a tensor of its own, which nothing else holds); no copy until the solve's one stack.
             # Loss and grad norm are read now (host tensors, through numpy: nothing here can wait
-            # for a device), so that the caller's tensors may change; two reads instead of five
-            # tensor ops (~15 us per measurement).
+            # for a device), so that the caller's tensors may change; a grad norm the tracker
+            # computed is a float already (`_grad_norm`).
             staged = None
             flats = [(ps[0] if len(ps) == 1 else torch.cat(ps)).numpy() for ps in pieces]
             scalars = np.array([_host_float(loss), _host_float(grad_norm)])
