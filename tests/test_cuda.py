@@ -252,3 +252,20 @@ def test_tf32_and_deterministic_are_applied_on_cuda(
     assert seen[-1] == (False, True, True)
     assert fast["tf32_matmul"] and fast["tf32_cudnn"] and fast["cudnn_benchmark"]
     assert fast["float32_matmul_precision"] == "high" and fast["cublas_workspace_config"] is None
+
+
+def test_estimate_on_cuda_matches_the_exact_spectrum() -> None:
+    # The device takes the two plain products where the host sums row blocks; its random draws come
+    # from the device's generator, so the two estimates differ by estimator noise: each is checked
+    # against the exact metrics of a matrix whose singular values are known (tests/test_estimate.py).
+    from test_estimate import TOLERANCE, exact, with_spectrum
+
+    from ndt.measure.estimate import estimate_metrics
+
+    s = np.sort(np.arange(1, 1001) ** -0.7)[::-1]
+    a = with_spectrum(s, n=1400, k=1000)
+    want = exact(s)
+    for device in ("cpu", "cuda"):
+        got = estimate_metrics(a.to(device))
+        for metric, value in want.items():
+            assert got[metric] == pytest.approx(value, rel=TOLERANCE), (device, metric)

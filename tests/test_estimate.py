@@ -120,3 +120,48 @@ def test_tracker_estimates_layers_above_the_exact_size() -> None:
     assert est.loc["0", "cumulative_energy_90"] == pytest.approx(ex.loc["0", "cumulative_energy_90"], rel=0.1)
     # the 10-wide readout is below the cap: decomposed exactly either way
     assert est.loc["2", "participation_ratio"] == ex.loc["2", "participation_ratio"]
+
+
+@pytest.mark.parametrize("center", [False, True])
+def test_gram_operator_blocked_on_the_host_equals_the_two_products(
+    center: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The host path sums A_b^T (A_b V) over row blocks; 7-row blocks (plus a 3-row rest) of a
+    # 45 x 12 matrix with a large column mean, against numpy's two float64 products.
+    import ndt.measure.estimate as estimate
+
+    monkeypatch.setattr(estimate, "_HOST_BLOCK_BYTES", 7 * 12 * 8)
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((45, 12)) + 5.0
+    v = rng.standard_normal((12, 3))
+    ac = a - a.mean(axis=0) if center else a
+    apply, m = estimate.gram_operator(torch.from_numpy(a), center=center)
+    assert m == 12
+    np.testing.assert_allclose(apply(torch.from_numpy(v)).numpy(), ac.T @ (ac @ v), rtol=1e-12, atol=1e-9)
+
+
+def test_exact_moments_match_float64_sums() -> None:
+    # 2,500 rows: three row blocks of float32 partials; the mean (3) dominates the energy.
+    from ndt.measure.estimate import _exact_moments
+
+    rng = np.random.default_rng(2)
+    a = (rng.standard_normal((2500, 64)) + 3.0).astype(np.float32)
+    energy, col_sum = _exact_moments(torch.from_numpy(a))
+    ref = a.astype(np.float64)
+    assert energy == pytest.approx(float((ref * ref).sum()), rel=1e-7)
+    np.testing.assert_allclose(col_sum.numpy(), ref.sum(axis=0), rtol=1e-6)
+
+
+def test_exact_moments_keep_float64_range_for_float32_input() -> None:
+    # An entry of 1e20 squares to 1e40: infinite in float32, finite in float64, so the energy is
+    # 1e40 plus 49 ones (float32(1e20) = 100000002004087734272 exactly), not a NaN result.
+    from ndt.measure.estimate import _exact_moments
+
+    a = torch.ones(10, 5)
+    a[2, 3] = 1e20
+    energy, col_sum = _exact_moments(a)
+    big = float(np.float32(1e20))
+    assert energy == pytest.approx(big**2 + 49, rel=1e-12)
+    assert col_sum[3].item() == pytest.approx(big + 9, rel=1e-12)
+    a[2, 3] = float("inf")
+    assert math.isinf(_exact_moments(a)[0])
