@@ -465,6 +465,50 @@ def test_sweep_projection_and_median_overhead_by_hand() -> None:
     assert bench_gpu.median_overhead([(1.0, 1.1), (2.0, 2.0), (4.0, 4.2)]) == pytest.approx(0.05)
 
 
+def test_bench_gpu_overhead_section_runs_on_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A dry run of section 1 on the CPU (2 pairs of 10 steps of mlp_narrow, as composed from conf/),
+    # so that a lent GPU's few minutes are not spent finding a bug in the benchmark itself.
+    monkeypatch.setitem(bench_gpu.OVERHEAD_PLAN, "mlp_narrow", (10, 2))
+    rows = bench_gpu.bench_overhead(torch.device("cpu"), names=("mlp_narrow",))
+    assert [(r["model"], r["probe"], r["steps"], r["pairs"]) for r in rows] == [
+        ("mlp_narrow", True, 10, 2),
+        ("mlp_narrow", False, 10, 2),
+    ]
+    assert all(r["step_ms"] > 0 and np.isfinite(r["overhead"]) for r in rows)
+    report = bench_gpu.report_overhead(rows)
+    assert report.count("mlp_narrow") == 2 and "2 pairs of 10 steps" in report
+
+
+def test_bench_gpu_gpt2_workload_is_tracked_at_its_sites_on_the_cpu(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # The GPT-2 workload with a 2-block, 64-wide GPT-2 in place of GPT-2 small: 10 steps, a measurement
+    # every 5 (steps 0 and 5), one row per site and measurement: 2 blocks x (attn, mlp.c_fc, mlp.c_proj).
+    pytest.importorskip("transformers")
+    from ndt.models.gpt import gpt2_small
+
+    monkeypatch.setattr(bench_gpu, "gpt2_model", lambda: gpt2_small(n_layer=2, n_embd=64, n_head=2))
+    work = bench_gpu.gpt2_workload(torch.device("cpu"), batch=2, seq=16)
+    assert bench_gpu.timed_run(work, 10, tracked=True, with_probe=False) > 0
+    tracker = work.tracker(str(tmp_path / "metrics"), True)
+    for step in range(10):
+        tracker.log(step, work.step().detach())
+    tracker.close()
+    rows = read_metrics(tmp_path / "metrics")
+    sites = [f"transformer.h.{i}.{s}" for i in range(2) for s in ("attn", "mlp.c_fc", "mlp.c_proj")]
+    assert sorted(rows["layer"].unique()) == sorted(sites)
+    assert sorted(rows["step"].unique()) == [0, 5]
+
+
+@pytest.mark.slow
+def test_bench_gpu_concurrency_batch_runs_through_the_joblib_launcher_on_the_cpu(tmp_path: Path) -> None:
+    # Section 3's real sweep command, 3 runs at once, cut to 20 steps on the CPU: it must finish with
+    # 3 complete runs (concurrent_batch raises otherwise) and a positive wall time.
+    wall = bench_gpu.concurrent_batch(3, tmp_path, cores=2, device="cpu", overrides=["trainer.max_steps=20"])
+    assert wall > 0
+    assert len(list((tmp_path / "k3").glob("*/run.json"))) == 3
+
+
 # ------------------------------------------------------------------ scripts/gpu_check.sh, gpu_env.sh
 
 SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
