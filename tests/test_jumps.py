@@ -92,3 +92,15 @@ def test_frames() -> None:
     res = detect_jumps(np.r_[np.zeros(20), np.ones(21)])
     assert list(res.to_frame().columns) == ["index", "step", "magnitude", "z_score"]
     assert len(res.events_frame()) == 1
+
+
+def test_rank_events_orders_by_absolute_peak_magnitude_then_start() -> None:
+    # Hand-made events: a small rise (0.1), a fall (-0.3) and a rise of the same size later (0.3).
+    # By |magnitude|: the fall and the later rise tie at 0.3 (the earlier first), then the small rise.
+    from ndt.detect import JumpEvent, Jumps, rank_events
+
+    def event(start: int, magnitude: float) -> JumpEvent:
+        return JumpEvent(start // 5, start // 5, start, start, start // 5, start, 3.0, magnitude, 1)
+
+    jumps = Jumps(events=(event(600, 0.1), event(1400, -0.3), event(2000, 0.3)))
+    assert [e.start_step for e in rank_events(jumps)] == [1400, 2000, 600]

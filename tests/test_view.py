@@ -29,7 +29,15 @@ from ndt.storage.layout import DONE_MARKER, HEARTBEAT, METRICS_DIR, write_run_js
 from ndt.storage.parquet import MetricsWriter
 from ndt.storage.schema import METRIC_COLUMNS
 from ndt.view.__main__ import main as view_main
-from ndt.view.data import ReadCounters, Results, RunRows, find_reports, looks_like_sweep, seed_band
+from ndt.view.data import (
+    ReadCounters,
+    Results,
+    RunRows,
+    detect_events,
+    find_reports,
+    looks_like_sweep,
+    seed_band,
+)
 from ndt.view.server import RefusedPath, ViewServer, check_request_path, resolve_file
 
 N_LAYERS = 3
@@ -574,3 +582,19 @@ def test_a_jump_over_a_still_background_shows_an_infinite_z() -> None:
         "–",
         "2.50",
     )
+
+
+def test_view_ranks_a_fall_as_investigate_does() -> None:
+    # A rise of 2 at step 600 and a fall of 6 at step 1400 (noise sd 0.05): the default detector gives
+    # the fall a negative peak magnitude (its speed). The view's rank 1, and so its `jump=1` command,
+    # must be the event `ndt.investigate jump=1` opens: the fall, the larger change.
+    from ndt.report import moments
+
+    steps = np.arange(0, 2000, 5)
+    noise = np.random.default_rng(0).normal(0.0, 0.05, steps.size)
+    values = 20.0 + 2.0 * (steps >= 600) - 6.0 * (steps >= 1400) + noise
+    events, _ = detect_events(get_detector(), steps, values)
+    by_rank = sorted(events, key=lambda e: e["rank"])
+    assert [e["size"] < 0 for e in by_rank] == [True, False]
+    ranked = moments.rank_events(get_detector().detect(values, steps))
+    assert [e["start_step"] for e in by_rank] == [e.start_step for e in ranked]

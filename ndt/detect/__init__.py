@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ndt.detect.changepoint import ChangepointDetector, detect_jumps_changepoint
-from ndt.detect.events import EventKind, Jump, JumpEvent, Jumps
+from ndt.detect.events import EventKind, Jump, JumpEvent, Jumps, rank_events
 from ndt.detect.robust import RobustJumpDetector, detect_jumps_robust
 from ndt.detect.study import JumpDetector, detect_jumps
 
@@ -78,4 +78,5 @@ __all__ = [
     "detect_jumps_changepoint",
     "detect_jumps_robust",
     "get_detector",
+    "rank_events",
 ]

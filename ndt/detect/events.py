@@ -118,6 +118,17 @@ def event_size(x: np.ndarray, start_index: int, end_index: int) -> float:
     return float(x[min(end_index + 1, x.size - 1)] - x[max(start_index - 1, 0)])
 
 
+def rank_events(jumps: Jumps) -> list[JumpEvent]:
+    """Transitions by |peak magnitude|, largest first (rank 1 = index 0); ties go to the earlier event.
+
+    The one ranking behind ``ndt.investigate jump=K`` and the ranks and commands `ndt.view` shows. A
+    detector's peak magnitude is signed where the metric falls (the change-point detector's speed), so
+    a fall ranks by its size like a rise. The escape from initialisation (``jumps.init_escape``) is not
+    among them.
+    """
+    return sorted(jumps.events, key=lambda e: (-abs(e.peak_magnitude), e.start_step))
+
+
 def runs_of_true(mask: np.ndarray) -> list[tuple[int, int]]:
     """Maximal runs of True in a 1-D bool array as (start, end) inclusive index pairs."""
     idx = np.flatnonzero(mask)

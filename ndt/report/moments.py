@@ -25,7 +25,7 @@ from typing import Literal
 
 import numpy as np
 
-from ndt.detect import DEFAULT_DETECTOR, DETECTORS, JumpEvent, Jumps, get_detector
+from ndt.detect import DEFAULT_DETECTOR, DETECTORS, JumpEvent, Jumps, get_detector, rank_events
 from ndt.measure.tracker import steps_done_at
 from ndt.report.options import InvestigationError
 
@@ -77,14 +77,6 @@ def detect(values: np.ndarray, steps: np.ndarray, detector: str) -> Jumps:
         detector: a detector name.
     """
     return get_detector(detector).detect(values, steps)
-
-
-def rank_events(jumps: Jumps) -> list[JumpEvent]:
-    """Transitions by |peak magnitude|, largest first (rank 1 = index 0); ties go to the earlier event.
-
-    The escape from initialisation (``jumps.init_escape``) is not among them.
-    """
-    return sorted(jumps.events, key=lambda e: (-abs(e.peak_magnitude), e.start_step))
 
 
 def _describe_steps(steps: np.ndarray) -> str:

@@ -17,8 +17,8 @@ Reading is incremental, because the page polls every few seconds while runs trai
 The status of every run is `ndt.running.status.sweep_status`'s (done / skipped / running / failed /
 missing, the same rules as ``python -m ndt.status``). Events are the default detector's
 (`ndt.detect.get_detector()`) on the layer-mean series of the chosen metric, the series the tables and
-``ndt.investigate`` use; they are ranked as ``ndt.investigate jump=K`` ranks them (largest peak
-magnitude first).
+``ndt.investigate`` use; they are ranked as ``ndt.investigate jump=K`` ranks them (`ndt.detect.rank_events`:
+largest |peak magnitude| first, so a fall ranks by its size like a rise).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 
 from ndt.aggregate.summaries import DEFAULT_METRIC, check_metric, layer_mean_series
-from ndt.detect import DEFAULT_DETECTOR, Detector, JumpEvent, Jumps, get_detector
+from ndt.detect import DEFAULT_DETECTOR, Detector, JumpEvent, get_detector, rank_events
 from ndt.running.status import DEFAULT_STALE_AFTER_S, MULTIRUN_YAML, STATES, RunStatus, sweep_status
 from ndt.storage.layout import LOG_FILE, METRICS_DIR, RUN_JSON, read_run_json
 from ndt.storage.parquet import list_parts, read_metrics
@@ -107,14 +107,6 @@ def thin(n: int, most: int = SPARK_POINTS) -> np.ndarray:
     return np.unique(np.linspace(0, n - 1, most).round().astype(np.int64))
 
 
-def rank_events(jumps: Jumps) -> list[JumpEvent]:
-    """Events by peak magnitude, largest first (rank 1 = index 0); ties go to the earlier event.
-
-    The order of ``ndt.investigate jump=K`` (`ndt.report.moments.rank_events`; tests check the two agree).
-    """
-    return sorted(jumps.events, key=lambda e: (-e.peak_magnitude, e.start_step))
-
-
 def event_dict(event: JumpEvent, rank: int | None = None) -> dict[str, Any]:
     """One event for the page: steps, size (metric units), peak z and magnitude, kind, rank."""
     return {
@@ -142,7 +134,7 @@ def detect_events(
         values: (m,) finite values.
 
     Returns:
-        (events, init_escape): lists of `event_dict`; events carry their rank (1 = largest peak magnitude).
+        (events, init_escape): lists of `event_dict`; events carry their rank (1 = largest |peak magnitude|).
     """
     if steps.size < 3:
         return [], []
