@@ -304,3 +304,16 @@ def test_a_bfloat16_loss_is_recorded_and_a_per_sample_loss_is_refused(tmp_path: 
     rows = read_metrics(tmp_path / "m")
     assert set(rows["step"]) == {0}
     assert (rows["loss"] == 1.5).all()
+
+
+def test_series_and_detect_jumps_default_to_the_one_default_metric() -> None:
+    # tracker.detect_jumps() used to default to stable_rank while tracker.series(), the tables,
+    # ndt.investigate and ndt.view use participation_ratio: jumps of another series than series().
+    import inspect
+
+    from ndt.integrations._core import TrackerAccess
+    from ndt.storage.schema import DEFAULT_METRIC
+
+    assert DEFAULT_METRIC == "participation_ratio"
+    for fn in (HighFrequencyTracker.series, HighFrequencyTracker.detect_jumps, TrackerAccess.detect_jumps):
+        assert inspect.signature(fn).parameters["metric"].default == DEFAULT_METRIC, fn.__qualname__

@@ -60,10 +60,7 @@ from ndt.detect import Jumps, detect_jumps, detect_jumps_robust, get_detector
 from ndt.measure.series import layer_mean_series
 from ndt.storage.layout import METRICS_DIR, is_complete, iter_run_dirs, read_run_json
 from ndt.storage.parquet import read_metrics
-from ndt.storage.schema import METRIC_COLUMNS
-
-#: The study's series metric.
-DEFAULT_METRIC = "participation_ratio"
+from ndt.storage.schema import DEFAULT_METRIC, METRIC_COLUMNS
 
 PER_RUN_COLUMNS: tuple[str, ...] = (
     "run",

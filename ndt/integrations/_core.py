@@ -28,6 +28,7 @@ from torch import nn
 from ndt.detect import Detector, Jumps
 from ndt.measure.tracker import HighFrequencyTracker, RowSink
 from ndt.storage.parquet import FLUSH_EVERY, MetricsWriter, list_parts, read_metrics
+from ndt.storage.schema import DEFAULT_METRIC
 
 
 class TrackerAccess:
@@ -45,7 +46,7 @@ class TrackerAccess:
         return self.core.get_results()
 
     def detect_jumps(
-        self, metric: str = "stable_rank", layer: str | None = None, detector: str | Detector | None = None
+        self, metric: str = DEFAULT_METRIC, layer: str | None = None, detector: str | Detector | None = None
     ) -> Jumps:
         """Jumps of `metric` (layer mean, or one layer), as `HighFrequencyTracker.detect_jumps`."""
         return self.core.detect_jumps(metric, layer, detector)

@@ -95,7 +95,7 @@ from ndt.measure.spectrum import (
 )
 from ndt.measure.transfer import PINNED_BUFFERS, BufferPool, Staged, stage
 from ndt.storage.parquet import FLUSH_EVERY, MetricsWriter
-from ndt.storage.schema import METRIC_COLUMNS
+from ndt.storage.schema import DEFAULT_METRIC, METRIC_COLUMNS
 
 log = logging.getLogger(__name__)
 
@@ -391,7 +391,7 @@ class HighFrequencyTracker:
         self._drain()
         return with_derived_columns(self.writer.read())
 
-    def series(self, metric: str = "participation_ratio", layer: str | None = None) -> pd.Series:
+    def series(self, metric: str = DEFAULT_METRIC, layer: str | None = None) -> pd.Series:
         """A metric over steps: the mean over measured layers (the study's), or one layer's.
 
         The layer mean is `ndt.measure.series.layer_mean_series`: a step where a layer is NaN or
@@ -413,12 +413,13 @@ class HighFrequencyTracker:
         return pd.Series(values, index=pd.Index(steps, name="step"), name=metric)
 
     def detect_jumps(
-        self, metric: str = "stable_rank", layer: str | None = None, detector: str | Detector | None = None
+        self, metric: str = DEFAULT_METRIC, layer: str | None = None, detector: str | Detector | None = None
     ) -> Jumps:
         """Jumps of `metric` on the layer-mean series (default) or one layer's, sorted by step.
 
         Args:
-            metric: a metric column.
+            metric: a metric column (default `ndt.storage.schema.DEFAULT_METRIC`, the series `series`
+                returns, the tables use and ``ndt.investigate`` ranks).
             layer: one measured layer; None for the mean over layers.
             detector: a name from `ndt.detect.DETECTORS` (default `ndt.detect.DEFAULT_DETECTOR`) or a
                 detector object.

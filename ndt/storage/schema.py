@@ -47,6 +47,10 @@ METRIC_COLUMNS: tuple[str, ...] = (
     "effective_rank",
 )
 
+#: The metric whose layer-mean series the tables, ndt.investigate, ndt.view and the tracker's
+#: `series` / `detect_jumps` use when none is named (the study's series metric).
+DEFAULT_METRIC = "participation_ratio"
+
 #: Columns that identify the run; constant within one run.
 RUN_COLUMNS: tuple[str, ...] = ("run_id", "arch", "dataset", "seed")
 
