@@ -160,6 +160,24 @@ def test_a_run_without_probe_is_replayed_before_the_update_of_its_row(tmp_path: 
     assert s["replay"]["check"]["ok"] and s["replay"]["check"]["n_values"] == 2 * 5 * 6  # 2 steps, 5 layers
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "measured", [("tracker.probe_size=160",), ("tracker.probe_size=0", "trainer.batch_size=200")]
+)
+def test_replay_check_recomputes_estimated_layers_with_the_estimator(
+    tmp_path: Path, measured: tuple[str, ...]
+) -> None:
+    # mlp_wide (256, 256, 128, 128) with exact_max_size=100, measured on the 160-example probe or on
+    # training batches of 200: its hidden layers (min(n, k) = 128 to 200) are estimated matrix-free,
+    # about 1% from their exact values. The replay check must compare like with like (the same seeded
+    # estimator), or a faithful replay reads as "did not rebuild the model".
+    run = make_run(tmp_path, "arch=mlp_wide", "tracker.exact_max_size=100", *measured, *SHORT)
+    result = investigate(run, InvestigateOptions(step=40, out=tmp_path / "o"))
+    check = result.summary["replay"]["check"]
+    assert check["ok"], check
+    assert check["n_values"] == 2 * 5 * 6  # 2 steps x 5 layers x 6 metrics
+
+
 # -- moments (pure) ----------------------------------------------------------------------------------
 
 
@@ -407,3 +425,22 @@ def test_progress_log_says_how_far_and_how_long_is_left(caplog: pytest.LogCaptur
     assert [r.getMessage() for r in caplog.records] == [
         "causal tests (event): 2 of 8 forwards, 2.0 min so far, about 6.0 min left"
     ]
+
+
+def test_a_layer_investigation_names_its_layer_in_command_directory_and_report() -> None:
+    # jump=2 of layer fc's own series: the command must reproduce it (layer=fc), the directory must
+    # not be the layer-mean report's, and the page must not call the series the layer mean.
+    from ndt.report.html import _series_of
+    from ndt.report.investigation import _command, report_dir_name
+    from ndt.report.moments import Moments
+
+    chosen = Moments(before=40, after=60, kind="jump", n_events=3, note="", rank=2)
+    opts = InvestigateOptions(jump=2, layer="fc", metric="participation_ratio", detector="changepoint")
+    mean = InvestigateOptions(jump=2, metric="participation_ratio", detector="changepoint")
+    assert _command(Path("run"), opts, chosen) == (
+        "python -m ndt.investigate run jump=2 metric=participation_ratio detector=changepoint layer=fc"
+    )
+    assert "layer=" not in _command(Path("run"), mean, chosen)
+    assert (report_dir_name(chosen, opts), report_dir_name(chosen, mean)) == ("40-60.fc", "40-60")
+    assert _series_of({"layer": "fc"}) == "layer fc"
+    assert _series_of({"layer": None}) == _series_of({}) == "layer-mean"

@@ -316,6 +316,13 @@ def test_reports_are_linked_and_commands_match_investigate(tmp_path: Path) -> No
     summary = {"selection": {"metric": "participation_ratio", "detector": DEFAULT_DETECTOR},
                "event": {"start_step": ranked[0].start_step, "end_step": ranked[0].end_step}}  # fmt: skip
     (out / "summary.json").write_text(json.dumps(summary))
+    # A report on one layer's own series over the same steps (ndt.investigate layer=hidden.0) is not a
+    # report on the page's layer-mean event: it must not be linked.
+    own = out.parent / f"{chosen.label}.hidden.0"
+    own.mkdir()
+    (own / investigation.REPORT_FILE).write_text("<html>one layer</html>")
+    summary["selection"]["layer"] = "hidden.0"
+    (own / "summary.json").write_text(json.dumps(summary))
     assert find_reports(sweep / "mlp_narrow__digits__s0") == {
         ("participation_ratio", DEFAULT_DETECTOR, ranked[0].start_step, ranked[0].end_step): chosen.label
     }

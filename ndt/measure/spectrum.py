@@ -603,6 +603,7 @@ def compute_metrics(
     *,
     center: bool = False,
     metrics: Sequence[str] = METRIC_COLUMNS,
+    exact_max_size: int | None = None,
 ) -> dict[str, float] | dict[str, dict[str, float]]:
     """All metrics of one (n, k) activation matrix, or of a dict of them, from one spectrum each.
 
@@ -610,6 +611,8 @@ def compute_metrics(
         activations: a (n, k) tensor/array, or {layer name: (n, k)}.
         center: centre the columns first.
         metrics: which metrics (names from `METRICS`).
+        exact_max_size: estimate a matrix whose min(n, k) exceeds this, as the tracker does
+            (`gram_stats`); None (the default): every matrix decomposed exactly.
 
     Returns:
         {metric: value} for one matrix; {layer: {metric: value}} for a dict.
@@ -621,7 +624,9 @@ def compute_metrics(
     metrics = validate_metric_names(metrics)
     single = not isinstance(activations, Mapping)
     mats = {"_": activations} if single else dict(activations)
-    stats = [gram_stats(torch.as_tensor(a), center=center) for a in mats.values()]
+    stats = [
+        gram_stats(torch.as_tensor(a), center=center, exact_max_size=exact_max_size) for a in mats.values()
+    ]
     values, _ = metrics_from_stats(
         [torch.cat(s.pieces()).cpu().numpy() for s in stats],
         [s.size for s in stats],

@@ -149,6 +149,12 @@ def metric_rows(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     return ["layer", *metrics], rows
 
 
+def _series_of(selection: dict[str, Any]) -> str:
+    """Which series the jumps were searched in: ``layer-mean``, or ``layer <name>``."""
+    layer = selection.get("layer")
+    return "layer-mean" if layer is None else f"layer {layer}"
+
+
 def _facts(summary: dict[str, Any]) -> str:
     run, sel, mom, rep, probe = (summary[k] for k in ("run", "selection", "moments", "replay", "probe"))
     event = summary.get("event")
@@ -159,7 +165,10 @@ def _facts(summary: dict[str, Any]) -> str:
         ("seed", run["seed"]),
         ("status", f"{run['status']}, final test accuracy {_num(run['final_accuracy'], '.3f')}"),
         ("training", f"{run['max_steps']} steps, measured every {run['sampling_frequency']}"),
-        ("series", f"layer-mean {sel['metric']}, detector {sel['detector']} ({sel['n_events']} event(s))"),
+        (
+            "series",
+            f"{_series_of(sel)} {sel['metric']}, detector {sel['detector']} ({sel['n_events']} event(s))",
+        ),
     ]
     if event is not None:
         facts += [

@@ -25,7 +25,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -169,7 +169,10 @@ def replay_pair(
         # The tracker's view of a training step: its forward, grad on, train mode, same RNG draws.
         with ActivationCapture(state.model, layers, grad_enabled_only=True, **(capture or {})) as cap:
             training_step(state)
-        return {n: cap.activations[n].double().cpu().numpy() for n in cap.layer_names if n in cap.activations}
+        # In the dtype the tracker measured (float64 stays, anything else float32, as the estimator
+        # casts): an estimated layer's seeded draws depend on it; the exact path is the same either way.
+        acts = {n: cap.activations[n] for n in cap.layer_names if n in cap.activations}
+        return {n: (t if t.dtype == torch.float64 else t.float()).cpu().numpy() for n, t in acts.items()}
 
     # Nothing above touched torch's RNG after restore_at returned (deepcopy draws no random numbers), so
     # the dropout masks of the continued steps are the ones the run drew.
@@ -715,11 +718,19 @@ def replay_device(name: str) -> torch.device:
         raise InvestigationError(f"device={name} is not a device; use cpu, auto, cuda or cuda:N") from None
 
 
+def report_dir_name(moments: Moments, opts: InvestigateOptions) -> str:
+    """The report's directory under ``investigate/``: ``<before>-<after>`` for the layer-mean series,
+    ``<before>-<after>.<layer>`` for one layer's (so that neither overwrites the other)."""
+    return moments.label if opts.layer is None else f"{moments.label}.{opts.layer}"
+
+
 def _command(run: Path, opts: InvestigateOptions, moments: Moments) -> str:
     """The ``python -m ndt.investigate`` command line that reproduces this investigation."""
     parts = ["python -m ndt.investigate", str(run)]
     parts.append(f"step={opts.step}" if opts.step is not None else f"jump={moments.rank}")
     parts += [f"metric={opts.metric}", f"detector={opts.detector}"]
+    if opts.layer is not None:
+        parts.append(f"layer={opts.layer}")
     if opts.layers:
         parts.append(f"layers={','.join(opts.layers)}")
     if opts.out is not None:
@@ -815,15 +826,25 @@ def investigate_source(source: RunSource, options: InvestigateOptions | None = N
     comparison = compare_analyzed(acts_b, acts_a, an_b, an_a, angles, analyzer.metrics)
     table = change_table(comparison, an_b, an_a, rows, moments, opts.metric)
     recorded_cols = recorded_metrics(rows)
+    # Layers the tracker estimated (min(n, k) above its exact_max_size) are recomputed with the same
+    # seeded estimator: its values, not the exact ones (a few % apart), are what the rows hold.
+    cap = cfg.tracker.get("exact_max_size")
+    center = bool(cfg.tracker.center)
+
+    def as_tracked(acts: Mapping[str, Any]) -> dict[str, dict[str, float]]:
+        return cast(
+            dict[str, dict[str, float]],
+            compute_metrics(acts, center=center, metrics=recorded_cols, exact_max_size=cap),
+        )
+
     if replay.measured is None:  # a probe run: the probe captures are what the tracker measured
-        replayed = {moments.before: {n: a.metrics for n, a in an_b.items()}}
-        replayed[moments.after] = {n: a.metrics for n, a in an_a.items()}
+        replayed = {}
+        for step, acts, analyzed in ((moments.before, acts_b, an_b), (moments.after, acts_a, an_a)):
+            wide = {n: a for n, a in acts.items() if cap is not None and min(a.shape) > cap}
+            replayed[step] = {n: a.metrics for n, a in analyzed.items()} | (as_tracked(wide) if wide else {})
     else:  # the training forwards, recomputed as the tracker did (its centring, all recorded metrics)
         replayed = {
-            step: cast(
-                dict[str, dict[str, float]],
-                compute_metrics(acts, center=bool(cfg.tracker.center), metrics=recorded_cols),
-            )
+            step: as_tracked(acts)
             for step, acts in zip((moments.before, moments.after), replay.measured, strict=True)
         }
     check = replay_check(rows, replayed, recorded_cols)
@@ -874,6 +895,7 @@ def investigate_source(source: RunSource, options: InvestigateOptions | None = N
             "requested_step": moments.requested_step,
             "metric": opts.metric,
             "detector": opts.detector,
+            "layer": opts.layer,  # None: the layer-mean series (the tables'); else this layer's own
             "n_events": moments.n_events,
             "note": moments.note,
         },
@@ -923,7 +945,9 @@ def investigate_source(source: RunSource, options: InvestigateOptions | None = N
         "total_s": round(time.perf_counter() - t_start, 3),
     }
     summary = _jsonable(summary)
-    out_dir = Path(opts.out) if opts.out is not None else run / INVESTIGATE_DIR / moments.label
+    out_dir = (
+        Path(opts.out) if opts.out is not None else run / INVESTIGATE_DIR / report_dir_name(moments, opts)
+    )
     out_dir.mkdir(parents=True, exist_ok=True)  # only now: a failed investigation leaves no empty folder
     summary_path = out_dir / SUMMARY_FILE
     summary_path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")

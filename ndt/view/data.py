@@ -641,7 +641,7 @@ def find_reports(run_dir: Path) -> dict[tuple[str, str, int, int], str]:
 
     Reads each ``investigate/<label>/summary.json`` (written by ``ndt.investigate`` next to its
     report.html) and keys the report by (metric, detector, event start step, event end step); reports on
-    a step (``step=N``) rather than a jump are left out.
+    a step (``step=N``) rather than a jump, or on one layer's own series (``layer=``), are left out.
 
     Returns:
         {(metric, detector, start_step, end_step): label}, label the directory name ``<before>-<after>``.
@@ -656,8 +656,8 @@ def find_reports(run_dir: Path) -> dict[tuple[str, str, int, int], str]:
         try:
             data = json.loads(summary.read_text())
             selection, event = data["selection"], data["event"]
-            if event is None:
-                continue
+            if event is None or selection.get("layer") is not None:
+                continue  # a step, or one layer's own series: the page shows layer-mean events
             key = (str(selection["metric"]), str(selection["detector"]), int(event["start_step"]),
                    int(event["end_step"]))  # fmt: skip
         except (OSError, ValueError, KeyError, TypeError):
