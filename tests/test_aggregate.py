@@ -391,3 +391,37 @@ def test_bench_runs_on_a_tiny_sweep() -> None:
 def test_bench_aggregate_runs_on_a_small_sweep() -> None:
     # Speed is reported by `make bench`, never asserted here; this only checks the bench works.
     assert bench_aggregate(n_runs=3, n_measurements=40, n_layers=2) > 0
+
+
+def test_runs_the_multirun_yaml_expects_without_a_run_json_are_listed_as_missing(tmp_path: Path) -> None:
+    # The fixture sweep's three mlp_narrow/mnist seeds, and a multirun.yaml that expects seeds 0..3:
+    # mlp_narrow__mnist__s3 never started. ndt.status and ndt.view call it missing; the tables must
+    # list it too, not drop it.
+    from omegaconf import OmegaConf
+
+    from ndt.running.status import sweep_status
+
+    sweep = tmp_path / "sweep"
+    for seed in range(3):
+        shutil.copytree(SWEEP / f"mlp_narrow__mnist__s{seed}", sweep / f"mlp_narrow__mnist__s{seed}")
+    hydra = {
+        "sweeper": {"_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper", "params": {}},
+        "overrides": {"task": ["arch=mlp_narrow", "dataset=mnist", "++seed=0,1,2,3"]},
+    }
+    OmegaConf.save(OmegaConf.create({"seed": 0, "hydra": hydra}), sweep / "multirun.yaml")
+    assert [r.name for r in sweep_status(sweep).runs if r.state == "missing"] == ["mlp_narrow__mnist__s3"]
+    per_run = summaries.collect_sweep(sweep, workers=1)
+    assert per_run["run"].tolist() == [f"mlp_narrow__mnist__s{s}" for s in range(4)]
+    missing = per_run.set_index("run").loc["mlp_narrow__mnist__s3"]
+    assert (missing.status, missing.arch, missing.dataset, missing.seed, missing.family) == (
+        "missing",
+        "mlp_narrow",
+        "mnist",
+        3,
+        "mlp",
+    )
+    incomplete = build.incomplete_table(per_run)
+    assert incomplete[["run", "status"]].values.tolist() == [["mlp_narrow__mnist__s3", "missing"]]
+    summary = dict(build.summary_table(per_run, "participation_ratio").values.tolist())
+    assert summary["Experiments (complete runs)"] == "3"
+    assert summary["Runs not complete (listed separately)"] == "1"

@@ -392,7 +392,9 @@ def target_table(
         if len(g):
             row["status"] = "ok"
         else:
-            listed = (per_run["arch"] == arch) & (per_run["dataset"] == dataset)
+            listed = (
+                (per_run["arch"] == arch) & (per_run["dataset"] == dataset) & (per_run["status"] != "missing")
+            )
             row["status"] = "not complete" if listed.any() else "missing"
         rows.append(row)
     out = pd.DataFrame(rows)

@@ -9,7 +9,7 @@ A2c_transitions_by_family.{md,csv,tex}  A.2c: per family, the default detector's
                                         per layer), runs with an escape from initialisation, the study's
                                         events beside; in appendix.md when the sweep has corrected runs
 A3_targets.{md,csv,tex}                 A.3: the target experiments
-incomplete_runs.{md,csv,tex}            runs not complete or failed, with status and error
+incomplete_runs.{md,csv,tex}            runs not complete, failed or missing, with status and error
 per_pair.{md,csv,tex}                   per (arch, dataset): seeds, means and 95% bootstrap intervals
 per_run.csv                             one row per run (`ndt.aggregate.summaries.PER_RUN_COLUMNS`)
 appendix.md                             A.1, A.2, A.3 and the incomplete runs, in one file

@@ -295,6 +295,41 @@ def summarize_run(run_dir: str | os.PathLike[str], metric: str = DEFAULT_METRIC)
     return row
 
 
+#: The error of a run the sweep's multirun.yaml expects and that has no run.json.
+MISSING_RUN_ERROR = (
+    "multirun.yaml expects this run and it has no run.json (never started, or its directory was removed)"
+)
+
+
+def missing_run_row(name: str) -> dict[str, Any]:
+    """The per-run row of an expected run without a run.json: status ``missing``, the rest from its name.
+
+    ``<arch>__<dataset>__s<seed>`` gives arch, dataset and seed; the family comes from the architecture
+    registry ("unknown" for a name it does not know).
+    """
+    from ndt.models.registry import arch_family
+
+    parts = name.split("__")
+    tag = parts[2] if len(parts) > 2 else ""
+    try:
+        family = str(arch_family(parts[0]))
+    except (KeyError, ValueError):
+        family = "unknown"
+    row: dict[str, Any] = dict.fromkeys(PER_RUN_COLUMNS)
+    row.update(
+        run=name,
+        arch=parts[0],
+        dataset=parts[1] if len(parts) > 1 else "",
+        seed=int(tag[1:]) if tag[:1] == "s" and tag[1:].isdigit() else None,
+        family=family,
+        status="missing",
+        error=MISSING_RUN_ERROR,
+        bound_flags="",
+        fit_message="",
+    )
+    return row
+
+
 def _summarize_many(run_dirs: Sequence[str], metric: str) -> list[dict[str, Any]]:
     return [summarize_run(d, metric) for d in run_dirs]
 
@@ -320,10 +355,16 @@ def collect_sweep(
             the result is the same either way.
 
     Returns:
-        The per-run DataFrame (`PER_RUN_COLUMNS`), one row per run, complete or not.
+        The per-run DataFrame (`PER_RUN_COLUMNS`), one row per run, complete or not, and one (status
+        ``missing``) per run the sweep's multirun.yaml expects that has no run.json, as ``ndt.status``
+        and ``ndt.view`` count them.
     """
+    from ndt.running.status import expected_runs
+
     check_metric(metric)
     dirs = [str(d) for d in iter_run_dirs(sweep_dir)]
+    found = {Path(d).name for d in dirs}
+    missing = [missing_run_row(n) for n in expected_runs(Path(sweep_dir)) or () if n not in found]
     n_workers = min(os.cpu_count() or 1, 8) if workers is None else workers
     # Without fork, in-process too: spawn would re-import __main__ in every worker (scripts without a
     # main guard break) and torch with it (seconds per worker): not worth it for a job that takes
@@ -333,7 +374,7 @@ def collect_sweep(
         or len(dirs) < MIN_RUNS_FOR_WORKERS
         or "fork" not in multiprocessing.get_all_start_methods()
     ):
-        return per_run_frame(_summarize_many(dirs, metric))
+        return per_run_frame(_summarize_many(dirs, metric) + missing)
     # Interleaved chunks, a few per worker: one task per run would spend its time on pickling.
     n_chunks = n_workers * 4
     chunks = [dirs[i::n_chunks] for i in range(n_chunks)]
@@ -343,4 +384,4 @@ def collect_sweep(
     with ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx) as pool:
         results = pool.map(_summarize_many, chunks, [metric] * len(chunks))
         rows = [row for chunk in results for row in chunk]
-    return per_run_frame(rows)
+    return per_run_frame(rows + missing)
