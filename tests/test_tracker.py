@@ -317,3 +317,28 @@ def test_series_and_detect_jumps_default_to_the_one_default_metric() -> None:
     assert DEFAULT_METRIC == "participation_ratio"
     for fn in (HighFrequencyTracker.series, HighFrequencyTracker.detect_jumps, TrackerAccess.detect_jumps):
         assert inspect.signature(fn).parameters["metric"].default == DEFAULT_METRIC, fn.__qualname__
+
+
+def test_one_layers_series_drops_its_nan_steps_like_the_layer_mean(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Rows of two layers at steps 0, 5, 10, 15 with layer "0" NaN at step 10 (a non-finite batch):
+    # series(layer="0") drops step 10 with a warning instead of handing the detector a NaN, so that
+    # detect_jumps(layer="0") runs, as ndt.investigate layer=0 and ndt.view do.
+    import pandas as pd
+
+    model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    tracker = HighFrequencyTracker(model, sampling_frequency=5)
+    rows = pd.DataFrame(
+        {
+            "step": [0, 0, 5, 5, 10, 10, 15, 15],
+            "layer": ["0", "2"] * 4,
+            "participation_ratio": [1.0, 2.0, 1.5, 2.5, math.nan, 3.0, 2.5, 3.5],
+        }
+    )
+    monkeypatch.setattr(tracker, "get_results", lambda: rows)
+    with pytest.warns(RuntimeWarning, match=r"participation_ratio of 0: 1 step\(s\) dropped .*steps 10\)"):
+        own = tracker.series("participation_ratio", layer="0")
+    assert own.to_dict() == {0: 1.0, 5: 1.5, 15: 2.5}
+    assert tracker.series("participation_ratio", layer="2").to_dict() == {0: 2.0, 5: 2.5, 10: 3.0, 15: 3.5}
+    with pytest.warns(RuntimeWarning):
+        tracker.detect_jumps(layer="0")  # a finite series: no ValueError
+    tracker.close()

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
@@ -605,3 +606,22 @@ def test_view_ranks_a_fall_as_investigate_does() -> None:
     assert [e["size"] < 0 for e in by_rank] == [True, False]
     ranked = moments.rank_events(get_detector().detect(values, steps))
     assert [e["start_step"] for e in by_rank] == [e.start_step for e in ranked]
+
+
+def test_view_layer_mean_expects_every_distinct_layer_like_the_tables(tmp_path: Path) -> None:
+    # Two layers; step 0 and 5 hold one row per layer, step 10 holds each layer twice (a duplicated
+    # part, e.g. from a legacy import). The tables' rule (a step holds every distinct layer) keeps all
+    # three steps; counting rows against the busiest step kept only step 10.
+    from ndt.aggregate.summaries import layer_mean_series as tables_mean
+
+    steps = np.array([0, 0, 5, 5, 10, 10, 10, 10])
+    layers = np.array(["a", "b"] * 4)
+    pr = np.array([1.0, 3.0, 2.0, 4.0, 3.0, 5.0, 3.0, 5.0])
+    store = RunRows(tmp_path, ReadCounters())
+    store._frames = [
+        pd.DataFrame({"step": steps, "layer": layers, "layer_index": [0, 1] * 4, "participation_ratio": pr})
+    ]
+    got_steps, got_means = store.mean_series("participation_ratio")
+    want_steps, want_means = tables_mean(steps, pr, layers)
+    assert got_steps.tolist() == want_steps.tolist() == [0, 5, 10]
+    assert got_means.tolist() == want_means.tolist() == [2.0, 3.0, 4.0]

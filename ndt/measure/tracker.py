@@ -396,6 +396,7 @@ class HighFrequencyTracker:
 
         The layer mean is `ndt.measure.series.layer_mean_series`: a step where a layer is NaN or
         missing is dropped (one warning names them), so the mean is over the same layers at every step.
+        One layer's series drops its NaN steps the same way.
 
         Returns:
             Series indexed by step.
@@ -406,9 +407,14 @@ class HighFrequencyTracker:
         if layer is not None:
             if layer not in self._layer_index:
                 raise KeyError(f"layer {layer!r} is not measured; measured layers: {self.layer_names}")
-            return df[df["layer"] == layer].groupby("step", sort=True)[metric].mean()
+            df = df[df["layer"] == layer]
+        # One layer's series drops its NaN steps (one warning names them) as the layer mean does, and
+        # as ndt.investigate layer= and ndt.view do: the detectors take only finite series.
         steps, values = layer_mean_series(
-            df["step"].to_numpy(), df[metric].to_numpy(), df["layer"].to_numpy(), what=metric
+            df["step"].to_numpy(),
+            df[metric].to_numpy(),
+            df["layer"].to_numpy(),
+            what=metric if layer is None else f"{metric} of {layer}",
         )
         return pd.Series(values, index=pd.Index(steps, name="step"), name=metric)
 

@@ -268,8 +268,12 @@ class RunRows:
         key = ("mean", metric)
         if key not in self._derived:
             df = self.frame
+            # With the layer column, as the tables and ndt.investigate call it: a step must hold every
+            # distinct layer, not as many rows as the busiest step.
             self._derived[key] = layer_mean_series(
-                df["step"].to_numpy(dtype=np.int64), df[metric].to_numpy(dtype=np.float64)
+                df["step"].to_numpy(dtype=np.int64),
+                df[metric].to_numpy(dtype=np.float64),
+                df["layer"].to_numpy(),
             )
         result: tuple[np.ndarray, np.ndarray] = self._derived[key]
         return result
