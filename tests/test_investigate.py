@@ -444,3 +444,12 @@ def test_a_layer_investigation_names_its_layer_in_command_directory_and_report()
     assert (report_dir_name(chosen, opts), report_dir_name(chosen, mean)) == ("40-60.fc", "40-60")
     assert _series_of({"layer": "fc"}) == "layer fc"
     assert _series_of({"layer": None}) == _series_of({}) == "layer-mean"
+
+
+def test_the_report_says_what_step_s_means_for_the_run() -> None:
+    # With a probe, measurement step 40 holds the weights after 41 optimizer steps; without one (the
+    # training forward of step 40), after 40 (ndt.measure.tracker.steps_done_at).
+    from ndt.report.html import _step_meaning
+
+    assert "after s + 1 optimizer steps" in _step_meaning({"after": {"step": 40, "steps_done": 41}})
+    assert "after s optimizer steps" in _step_meaning({"after": {"step": 40, "steps_done": 40}})

@@ -149,6 +149,17 @@ def metric_rows(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     return ["layer", *metrics], rows
 
 
+def _step_meaning(moments: dict[str, Any]) -> str:
+    """What step s means in this run: s + 1 optimizer steps done with a probe, s without one."""
+    after = moments["after"]
+    if after["steps_done"] == after["step"]:
+        return (
+            "Step s holds the weights after s optimizer steps (a run without a probe: its rows "
+            "measured the training forward of step s)."
+        )
+    return "Step s holds the weights after s + 1 optimizer steps."
+
+
 def _series_of(selection: dict[str, Any]) -> str:
     """Which series the jumps were searched in: ``layer-mean``, or ``layer <name>``."""
     layer = selection.get("layer")
@@ -294,7 +305,7 @@ def render_report(summary: dict[str, Any], table: pd.DataFrame, blocks: Sequence
         f"<title>ndt investigate: {_e(run['run_id'])} {what} (steps {a}→{b})</title>",
         f"<style>{CSS}</style></head><body>",
         f"<h1>{_e(run['run_id'])}: {_e(what)}, steps {a} → {b}</h1>",
-        f'<p class="sub">{_e(sel["note"])}. Step s holds the weights after s + 1 optimizer steps.</p>',
+        f'<p class="sub">{_e(sel["note"])}. {_step_meaning(mom)}</p>',
         _facts(summary),
         _check(summary),
         "<h2>What changed</h2>",

@@ -123,7 +123,8 @@ def help_text() -> str:
         "",
         "Restore a run just before and just after a dimensionality jump (or a step), compare the two",
         "models on the run's probe, and write RUN_DIR/investigate/<step_a>-<step_b>/report.html and",
-        "summary.json. Steps are measurement steps: step s holds the weights after s + 1 optimizer steps.",
+        "summary.json. Steps are measurement steps: step s holds the weights after s + 1 optimizer steps",
+        "(after s in a run without a probe, tracker.probe_size=0: its rows measured the training forward).",
         "",
         "options:",
     ]
