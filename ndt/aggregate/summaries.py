@@ -58,7 +58,7 @@ import pandas as pd
 from ndt.analysis.growth import GrowthFit, fit_tap
 from ndt.detect import Jumps, detect_jumps, detect_jumps_robust, get_detector
 from ndt.measure.series import layer_mean_series
-from ndt.storage.layout import METRICS_DIR, is_complete, iter_run_dirs, read_run_json
+from ndt.storage.layout import METRICS_DIR, is_complete, iter_run_dirs, parse_run_name, read_run_json
 from ndt.storage.parquet import read_metrics
 from ndt.storage.schema import DEFAULT_METRIC, METRIC_COLUMNS
 
@@ -250,12 +250,12 @@ def summarize_run(run_dir: str | os.PathLike[str], metric: str = DEFAULT_METRIC)
     """
     path = Path(run_dir)
     rec = read_run_json(path)
-    parts = path.name.split("__")
+    arch, dataset, _ = parse_run_name(path.name)
     row: dict[str, Any] = dict.fromkeys(PER_RUN_COLUMNS)
     row.update(
         run=path.name,
-        arch=rec.get("arch") or parts[0],
-        dataset=rec.get("dataset") or (parts[1] if len(parts) > 1 else ""),
+        arch=rec.get("arch") or arch,
+        dataset=rec.get("dataset") or dataset,
         seed=rec.get("seed"),
         protocol=run_protocol(rec),
         family=rec.get("family") or "unknown",
@@ -307,21 +307,16 @@ def missing_run_row(name: str) -> dict[str, Any]:
     ``<arch>__<dataset>__s<seed>`` gives arch, dataset and seed; the family comes from the architecture
     registry ("unknown" for a name it does not know).
     """
-    from ndt.models.registry import arch_family
+    from ndt.models.registry import family_or_unknown
 
-    parts = name.split("__")
-    tag = parts[2] if len(parts) > 2 else ""
-    try:
-        family = str(arch_family(parts[0]))
-    except (KeyError, ValueError):
-        family = "unknown"
+    arch, dataset, seed = parse_run_name(name)
     row: dict[str, Any] = dict.fromkeys(PER_RUN_COLUMNS)
     row.update(
         run=name,
-        arch=parts[0],
-        dataset=parts[1] if len(parts) > 1 else "",
-        seed=int(tag[1:]) if tag[:1] == "s" and tag[1:].isdigit() else None,
-        family=family,
+        arch=arch,
+        dataset=dataset,
+        seed=seed,
+        family=family_or_unknown(arch),
         status="missing",
         error=MISSING_RUN_ERROR,
         bound_flags="",

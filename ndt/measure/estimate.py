@@ -239,22 +239,21 @@ def _exact_moments(a: torch.Tensor) -> tuple[float, torch.Tensor]:
     holds), the sum is redone in float64 blocks, so non-finite means what it means in float64. Two host
     syncs, both at the end.
     """
-    k = a.shape[1]
     # Each column's float32 partial runs over <= 1,024 rows (relative error ~1e-7 * sqrt(rows)).
     rows = min(_rows_per_block(a), 1024)
-    energy = torch.zeros((), dtype=torch.float64, device=a.device)
-    col_sum = torch.zeros(k, dtype=torch.float64, device=a.device)
-    for lo in range(0, a.shape[0], rows):
-        block = a[lo : lo + rows]
-        energy += (block * block).sum(dim=0).sum(dtype=torch.float64)
-        col_sum += block.sum(dim=0)
-    if a.dtype != torch.float64 and not bool(torch.isfinite(energy) & torch.isfinite(col_sum).all()):
-        energy.zero_()
-        col_sum.zero_()
+
+    def sums(upcast: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        energy = torch.zeros((), dtype=torch.float64, device=a.device)
+        col_sum = torch.zeros(a.shape[1], dtype=torch.float64, device=a.device)
         for lo in range(0, a.shape[0], rows):
-            block = a[lo : lo + rows].double()
-            energy += (block * block).sum()
+            block = a[lo : lo + rows].double() if upcast else a[lo : lo + rows]
+            energy += (block * block).sum(dim=0).sum(dtype=torch.float64)
             col_sum += block.sum(dim=0)
+        return energy, col_sum
+
+    energy, col_sum = sums(upcast=False)
+    if a.dtype != torch.float64 and not bool(torch.isfinite(energy) & torch.isfinite(col_sum).all()):
+        energy, col_sum = sums(upcast=True)
     return float(energy), col_sum
 
 

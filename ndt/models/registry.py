@@ -267,6 +267,14 @@ def arch_family(arch: str) -> Family:
     return arch_spec(arch).family
 
 
+def family_or_unknown(arch: str) -> str:
+    """`arch_family`, or "unknown" for a name the registry does not know (runs read from disk)."""
+    try:
+        return str(arch_family(arch))
+    except (KeyError, ValueError):
+        return "unknown"
+
+
 def check_compatible(arch: str, spec: DatasetSpec) -> None:
     """Raise if `arch` cannot be built for `spec`'s inputs.
 

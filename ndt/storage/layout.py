@@ -74,6 +74,18 @@ def run_name(arch: str, dataset: str, seed: int | None) -> str:
     return f"{arch}__{dataset}__s{'-' if seed is None else seed}"
 
 
+def parse_run_name(name: str) -> tuple[str, str, int | None]:
+    """(arch, dataset, seed) of ``<arch>__<dataset>__s<seed>``, the inverse of `run_name` (seed None
+    for ``s-`` or no seed part; dataset "" for a name without one)."""
+    parts = name.split("__")
+    arch = parts[0]
+    dataset = parts[1] if len(parts) > 1 else ""
+    seed: int | None = None
+    if len(parts) > 2 and parts[2].startswith("s") and parts[2][1:].lstrip("-").isdigit():
+        seed = int(parts[2][1:])
+    return arch, dataset, seed
+
+
 def iter_run_dirs(sweep_dir: str | os.PathLike[str]) -> Iterator[Path]:
     """Run directories of a sweep (those holding a run.json), sorted by name."""
     root = Path(sweep_dir)

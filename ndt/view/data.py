@@ -40,7 +40,7 @@ import pandas as pd
 from ndt.aggregate.summaries import DEFAULT_METRIC, check_metric, layer_mean_series
 from ndt.detect import DEFAULT_DETECTOR, Detector, JumpEvent, get_detector, rank_events
 from ndt.running.status import DEFAULT_STALE_AFTER_S, MULTIRUN_YAML, STATES, RunStatus, sweep_status
-from ndt.storage.layout import LOG_FILE, METRICS_DIR, RUN_JSON, read_run_json
+from ndt.storage.layout import LOG_FILE, METRICS_DIR, RUN_JSON, parse_run_name, read_run_json
 from ndt.storage.parquet import list_parts, read_metrics
 from ndt.storage.schema import METRIC_COLUMNS
 
@@ -77,27 +77,6 @@ def jsonable(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [jsonable(v) for v in value]
     return _json_number(value)
-
-
-def parse_run_name(name: str) -> tuple[str, str, int | None]:
-    """(arch, dataset, seed) of ``<arch>__<dataset>__s<seed>`` (seed None for ``s-`` or no seed part)."""
-    parts = name.split("__")
-    arch = parts[0]
-    dataset = parts[1] if len(parts) > 1 else ""
-    seed: int | None = None
-    if len(parts) > 2 and parts[2].startswith("s") and parts[2][1:].lstrip("-").isdigit():
-        seed = int(parts[2][1:])
-    return arch, dataset, seed
-
-
-def arch_family(arch: str) -> str:
-    """The family of a registered architecture ("mlp", "cnn", "transformer"), else "unknown"."""
-    from ndt.models.registry import arch_family as registry_family
-
-    try:
-        return str(registry_family(arch))
-    except (KeyError, ValueError):
-        return "unknown"
 
 
 def thin(n: int, most: int = SPARK_POINTS) -> np.ndarray:
@@ -393,6 +372,8 @@ class SweepView:
         last_step, planned_steps, progress (0..1 or None when unknown), final_accuracy, spark ({steps,
         values}, thinned to `SPARK_POINTS`), events and init_escape (`event_dict` lists).
         """
+        from ndt.models.registry import family_or_unknown
+
         status = self.status[name]
         record = self._record(name) if status.state != "missing" else {}
         arch, dataset, seed = parse_run_name(name)
@@ -406,7 +387,7 @@ class SweepView:
             "arch": arch,
             "dataset": dataset,
             "seed": seed,
-            "family": str(record.get("family") or arch_family(arch)),
+            "family": str(record.get("family") or family_or_unknown(arch)),
             "state": status.state,
             "reason": status.reason,
             "stale": status.stale,
