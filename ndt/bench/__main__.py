@@ -11,7 +11,7 @@ from ndt.bench.conv import bench_conv, report_conv
 from ndt.bench.durability import bench_durability, report_durability
 from ndt.bench.huge import bench_huge, report_huge
 from ndt.bench.kernel import bench_kernel, report_kernel
-from ndt.bench.overhead import bench_overhead, report_overhead
+from ndt.bench.overhead import bench_overhead, bench_phases, report_overhead, report_phases
 from ndt.bench.runs import bench_runs, report_runs
 from ndt.bench.timing import machine_line
 from ndt.bench.view import bench_view, report_view
@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> None:
         print(report_kernel(bench_kernel()), flush=True)
     if "overhead" in which:
         print(report_overhead(bench_overhead()), flush=True)
+        print(report_phases(bench_phases()), flush=True)
         if torch.cuda.is_available():
             print(report_overhead(bench_overhead(device="cuda")), flush=True)
     if "conv" in which:

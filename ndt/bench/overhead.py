@@ -76,6 +76,13 @@ class OverheadRow:
         return self.overhead / self.floor if self.floor > 0 else float("nan")
 
 
+def _synthetic_images(device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """4,096 seeded Gaussian 1 x 28 x 28 images and labels of 10 classes (timing needs no real data)."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(4096, 1, 28, 28, generator=gen).to(device)
+    return x, torch.randint(0, 10, (4096,), generator=gen).to(device)
+
+
 def _train(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int, steps: int, tracked: bool
 ) -> float:
@@ -119,13 +126,17 @@ def _chunks(
     steps: int,
     chunk: int,
     writer: str | None,
+    phases: np.ndarray | None = None,
 ) -> Iterator[float]:
     """Train `steps` steps (tracked when `writer` is a directory), `chunk` steps per ``next``; yield
     the seconds each chunk took. The tracker is made in the first chunk and closed (every row
-    written) in the last, so the chunks' sum is what a whole tracked run costs."""
+    written) in the last, so the chunks' sum is what a whole tracked run costs. With `phases` (a
+    (steps, 4) array; host only), each step's seconds in forward and loss, zero_grad and backward,
+    optimizer step, and the tracker's ``log`` are written into it (`phase_breakdown`)."""
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     n = x.shape[0]
     sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
+    clock = time.perf_counter
     tracker: HighFrequencyTracker | None = None
     for first in range(0, steps, chunk):
         sync()
@@ -134,12 +145,18 @@ def _chunks(
             tracker = HighFrequencyTracker(model, SAMPLING_FREQUENCY, writer=writer)
         for step in range(first, min(first + chunk, steps)):
             lo = (step * batch) % (n - batch)
+            t_fwd = clock()
             loss = nn.functional.cross_entropy(model(x[lo : lo + batch]), y[lo : lo + batch])
+            t_bwd = clock()
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            t_opt = clock()
             opt.step()
+            t_log = clock()
             if tracker is not None:
                 tracker.log(step, loss.detach())
+            if phases is not None:
+                phases[step] = (t_bwd - t_fwd, t_opt - t_bwd, t_log - t_opt, clock() - t_log)
         if tracker is not None and first + chunk >= steps:
             tracker.close()  # flushing included
         sync()
@@ -191,9 +208,7 @@ def bench_overhead(
     `MLP_PAIRS`: its pairs are short and its target is the tight one.
     """
     rows = []
-    gen = torch.Generator().manual_seed(0)
-    x_all = torch.randn(4096, 1, 28, 28, generator=gen).to(device)
-    y_all = torch.randint(0, 10, (4096,), generator=gen).to(device)
+    x_all, y_all = _synthetic_images(device)
     for name, make in MODELS.items():
         for batch in batches:
             n_steps = steps if name.startswith("mlp") else max(steps // 4, 50)
@@ -222,3 +237,96 @@ def report_overhead(rows: list[OverheadRow]) -> str:
             f"overhead/floor {r.ratio:4.2f}x"
         )
     return "\n".join(lines)
+
+
+@dataclass
+class PhaseRow:
+    """Where a measurement's cost lands in the training loop, in microseconds per measurement
+    (`SAMPLING_FREQUENCY` steps), tracked minus untracked (`phase_breakdown`).
+
+    Attributes:
+        step_us: the untracked step (median).
+        forward_us: the measured step's forward, hooks armed (median excess).
+        log_us: ``log`` at the measured step: grad norm, bookkeeping (median; flushes excluded).
+        arm_us: ``log`` at the step before, which registers the hooks (median).
+        other_us: every other phase's median excess over the untracked run (the steps between
+            measurements, and the measured step's backward and optimizer step).
+        flush_us: what the medians leave out: the flushes (a batch's eigensolves and its Parquet
+            part, every `FLUSH_EVERY` measurements, inside a measured step's ``log``) and any stall
+            of the VM; the mean's excess over the medians.
+        total_us: the mean excess (forward to log, every step). The tracker's construction and
+            ``close`` fall outside the steps: `bench_overhead`'s totals include them.
+    """
+
+    batch: int
+    steps: int
+    step_us: float
+    forward_us: float
+    log_us: float
+    arm_us: float
+    other_us: float
+    flush_us: float
+    total_us: float
+
+
+def phase_breakdown(base: np.ndarray, tracked: np.ndarray, batch: int) -> PhaseRow:
+    """Split the tracker's cost by phase from per-step timings of an untracked and a tracked run.
+
+    Args:
+        base, tracked: (steps, 4) seconds per step in forward, backward, optimizer step and ``log``
+            (`_chunks`'s ``phases``), step 0 first; a step s is measured when s % f == 0, f =
+            `SAMPLING_FREQUENCY`, its hooks armed by ``log`` at s - 1.
+        batch: the batch size (reported).
+    """
+    f = SAMPLING_FREQUENCY
+    # (f, 4) medians over the steps of each residue: robust to the flushes, which land on a few
+    # measured steps, and to the VM's brief stalls.
+    med_b = np.array([np.median(base[r::f], axis=0) for r in range(f)])
+    med_t = np.array([np.median(tracked[r::f], axis=0) for r in range(f)])
+    excess = med_t - med_b
+    forward, log, arm = excess[0, 0], excess[0, 3], excess[f - 1, 3]
+    medians = excess.sum()
+    total = f * (tracked.sum(axis=1).mean() - base.sum(axis=1).mean())
+    us = 1e6
+    return PhaseRow(
+        batch=batch,
+        steps=len(base),
+        step_us=float(np.median(base.sum(axis=1))) * us,
+        forward_us=float(forward) * us,
+        log_us=float(log) * us,
+        arm_us=float(arm) * us,
+        other_us=float(medians - forward - log - arm) * us,
+        flush_us=float(total - medians) * us,
+        total_us=float(total) * us,
+    )
+
+
+def bench_phases(batch: int = 128, steps: int = 3000, chunk: int | None = None) -> PhaseRow:
+    """Time the MLP's phases, untracked and tracked, in alternating chunks of `chunk` steps (default
+    `CHUNK`; ABBA, as `_interleaved_pair`: with chunks of 250 steps the VM's drift left the steps
+    between measurements 193 us *faster* tracked in one run); the first chunk of each is a warm-up
+    and is left out."""
+    chunk = CHUNK if chunk is None else chunk
+    x, y = _synthetic_images("cpu")
+    phases = {"base": np.zeros((steps, 4)), "tracked": np.zeros((steps, 4))}
+    with tempfile.TemporaryDirectory() as tmp:
+        runs = {}
+        for name, writer in (("base", None), ("tracked", f"{tmp}/m")):
+            torch.manual_seed(0)
+            runs[name] = _chunks(mlp_784_256_128_10(), x, y, batch, steps, chunk, writer, phases[name])
+        order = list(runs)
+        for i in range(-(-steps // chunk)):
+            for name in order if i % 2 == 0 else order[::-1]:
+                next(runs[name])
+    return phase_breakdown(phases["base"][chunk:], phases["tracked"][chunk:], batch)
+
+
+def report_phases(r: PhaseRow) -> str:
+    share = 100 / (SAMPLING_FREQUENCY * r.step_us)
+    return (
+        f"  where it goes, mlp 784-256-128-10 batch {r.batch} ({r.steps} steps a run, us per measurement "
+        f"beside {SAMPLING_FREQUENCY} untracked steps of {r.step_us:.0f} us): armed forward "
+        f"{r.forward_us:.0f}, log at the measured step {r.log_us:.0f}, arming {r.arm_us:.0f}, other "
+        f"phases {r.other_us:.0f}, flushes {r.flush_us:.0f}; total {r.total_us:.0f} "
+        f"({share * r.total_us:.1f}% of training)"
+    )
