@@ -164,21 +164,29 @@ def _chunks(
 
 
 def _interleaved_pair(
-    make: Callable[[], nn.Module], x: torch.Tensor, y: torch.Tensor, batch: int, steps: int, chunk: int
+    make: Callable[[], nn.Module],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    batch: int,
+    steps: int,
+    chunk: int,
+    phases: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[float, float]:
     """(untracked s, tracked s) of two identical runs trained in alternating chunks of `chunk` steps.
 
     Two copies of the same model (same seed, same batches) take turns, `chunk` steps each, in ABBA
     order: the speed of a shared VM drifts by tens of percent within seconds (back-to-back runs of
     800 steps gave pair overheads from -20% to +48%), and a drift then slows both runs alike.
+    `phases`: (untracked, tracked) (steps, 4) arrays for each step's phase timings (`_chunks`).
     """
     torch.manual_seed(0)
     base_model = make().to(x.device)
     torch.manual_seed(0)
     tracked_model = make().to(x.device)
+    base_phases, tracked_phases = phases if phases is not None else (None, None)
     with tempfile.TemporaryDirectory() as tmp:
-        base = _chunks(base_model, x, y, batch, steps, chunk, None)
-        tracked = _chunks(tracked_model, x, y, batch, steps, chunk, f"{tmp}/m")
+        base = _chunks(base_model, x, y, batch, steps, chunk, None, base_phases)
+        tracked = _chunks(tracked_model, x, y, batch, steps, chunk, f"{tmp}/m", tracked_phases)
         base_s = tracked_s = 0.0
         for i in range(-(-steps // chunk)):
             if i % 2:
@@ -303,22 +311,14 @@ def phase_breakdown(base: np.ndarray, tracked: np.ndarray, batch: int) -> PhaseR
 
 def bench_phases(batch: int = 128, steps: int = 3000, chunk: int | None = None) -> PhaseRow:
     """Time the MLP's phases, untracked and tracked, in alternating chunks of `chunk` steps (default
-    `CHUNK`; ABBA, as `_interleaved_pair`: with chunks of 250 steps the VM's drift left the steps
+    `CHUNK`; `_interleaved_pair`'s ABBA turns: with chunks of 250 steps the VM's drift left the steps
     between measurements 193 us *faster* tracked in one run); the first chunk of each is a warm-up
     and is left out."""
     chunk = CHUNK if chunk is None else chunk
     x, y = _synthetic_images("cpu")
-    phases = {"base": np.zeros((steps, 4)), "tracked": np.zeros((steps, 4))}
-    with tempfile.TemporaryDirectory() as tmp:
-        runs = {}
-        for name, writer in (("base", None), ("tracked", f"{tmp}/m")):
-            torch.manual_seed(0)
-            runs[name] = _chunks(mlp_784_256_128_10(), x, y, batch, steps, chunk, writer, phases[name])
-        order = list(runs)
-        for i in range(-(-steps // chunk)):
-            for name in order if i % 2 == 0 else order[::-1]:
-                next(runs[name])
-    return phase_breakdown(phases["base"][chunk:], phases["tracked"][chunk:], batch)
+    base, tracked = np.zeros((steps, 4)), np.zeros((steps, 4))
+    _interleaved_pair(mlp_784_256_128_10, x, y, batch, steps, chunk, (base, tracked))
+    return phase_breakdown(base[chunk:], tracked[chunk:], batch)
 
 
 def report_phases(r: PhaseRow) -> str:
